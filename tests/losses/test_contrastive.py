@@ -1,0 +1,163 @@
+"""Contrastive losses against independent float64 NumPy references, under jit, grad and vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import losses
+
+
+def _log_softmax(x, axis):
+  x = x - x.max(axis=axis, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def clip_reference(image, text, log_scale, max_scale=100.0):
+  scale = min(np.exp(log_scale), max_scale)
+  logits = scale * image @ text.T
+  diag = np.arange(len(image))
+  return -0.5 * (_log_softmax(logits, 1)[diag, diag].mean() + _log_softmax(logits, 0)[diag, diag].mean())
+
+
+def siglip_reference(image, text, log_scale, bias, max_scale=100.0):
+  logits = min(np.exp(log_scale), max_scale) * image @ text.T + bias
+  labels = 2 * np.eye(len(image)) - 1
+  return np.log1p(np.exp(-labels * logits)).sum() / len(image)
+
+
+def nt_xent_reference(first, second, temperature):
+  z = np.concatenate([first, second])
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n = len(first)
+  total = 0.0
+  for i in range(2 * n):
+    partner = (i + n) % (2 * n)
+    sims = np.array([z[i] @ z[k] / temperature for k in range(2 * n) if k != i])
+    positive = z[i] @ z[partner] / temperature
+    total += -positive + np.log(np.exp(sims).sum())
+  return total / (2 * n)
+
+
+def _normalised(rng, shape):
+  x = rng.normal(size=shape)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _numerical_grad(fn, x, eps=1e-6):
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    grad[index] = (fn(x + step) - fn(x - step)) / (2 * eps)
+  return grad
+
+
+# Each case: the mmjax loss with its scalar parameters bound, and the matching reference.
+CASES = {
+    "clip": (
+        lambda a, b, mask=None: losses.clip_loss(a, b, jnp.float32(np.log(1 / 0.07)), mask=mask),
+        lambda a, b: clip_reference(a, b, np.log(1 / 0.07)),
+    ),
+    "siglip": (
+        lambda a, b, mask=None: losses.siglip_loss(a, b, jnp.float32(np.log(10.0)), jnp.float32(-10.0), mask=mask),
+        lambda a, b: siglip_reference(a, b, np.log(10.0), -10.0),
+    ),
+    "nt_xent": (
+        lambda a, b, mask=None: losses.nt_xent_loss(a, b, 0.2, mask=mask),
+        lambda a, b: nt_xent_reference(a, b, 0.2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch,dim", [(1, 4), (7, 5), (16, 32)])
+def test_value_matches_reference_under_jit(name, batch, dim):
+  loss, reference = CASES[name]
+  rng = np.random.default_rng(batch * 100 + dim)
+  a, b = _normalised(rng, (batch, dim)), _normalised(rng, (batch, dim))
+  got = jax.jit(loss)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(got, reference(a, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_matches_finite_differences_of_reference(name):
+  loss, reference = CASES[name]
+  rng = np.random.default_rng(0)
+  a, b = _normalised(rng, (5, 3)), _normalised(rng, (5, 3))
+  grad_a, grad_b = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(grad_a, _numerical_grad(lambda x: reference(x, b), a), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grad_b, _numerical_grad(lambda x: reference(a, x), b), rtol=1e-4, atol=1e-5)
+
+
+def test_scale_gradient_matches_reference_and_stops_at_clamp():
+  rng = np.random.default_rng(1)
+  a, b = _normalised(rng, (6, 4)), _normalised(rng, (6, 4))
+  grad = jax.grad(lambda t: losses.clip_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), t))
+  expected = _numerical_grad(lambda t: clip_reference(a, b, t[()]), np.array(1.5))
+  np.testing.assert_allclose(grad(jnp.float32(1.5)), expected, rtol=1e-4)
+  assert float(grad(jnp.float32(np.log(200.0)))) == 0.0
+  # Far beyond the clamp the loss stays finite (the unclamped CLIP bug overflows here).
+  assert np.isfinite(float(losses.clip_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.float32(500.0))))
+
+
+def test_siglip_bias_gradient_matches_reference():
+  rng = np.random.default_rng(2)
+  a, b = _normalised(rng, (6, 4)), _normalised(rng, (6, 4))
+  grad = jax.grad(losses.siglip_loss, argnums=3)(
+      jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.float32(np.log(10.0)), jnp.float32(-3.0)
+  )
+  expected = _numerical_grad(lambda bias: siglip_reference(a, b, np.log(10.0), bias[()]), np.array(-3.0))
+  np.testing.assert_allclose(grad, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vmap_over_independent_problems(name):
+  loss, reference = CASES[name]
+  rng = np.random.default_rng(3)
+  a, b = _normalised(rng, (4, 6, 8)), _normalised(rng, (4, 6, 8))
+  got = jax.vmap(loss)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(got, [reference(x, y) for x, y in zip(a, b)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mask_equals_loss_on_kept_rows(name):
+  loss, reference = CASES[name]
+  rng = np.random.default_rng(4)
+  a, b = _normalised(rng, (8, 5)), _normalised(rng, (8, 5))
+  keep = np.array([1, 0, 1, 1, 0, 1, 1, 0], bool)
+  # Padding rows hold garbage; it must not reach the value or the gradient.
+  a_padded, b_padded = a.copy(), b.copy()
+  a_padded[~keep], b_padded[~keep] = 1e4, -1e4
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1))(
+      jnp.asarray(a_padded, jnp.float32), jnp.asarray(b_padded, jnp.float32), mask=jnp.asarray(keep)
+  )
+  np.testing.assert_allclose(value, reference(a[keep], b[keep]), rtol=1e-5)
+  for grad in grads:
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~keep] == 0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bfloat16_inputs_give_float32_loss(name):
+  loss, reference = CASES[name]
+  rng = np.random.default_rng(5)
+  a, b = _normalised(rng, (8, 16)), _normalised(rng, (8, 16))
+  got = loss(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, reference(a, b), rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 6)), 0.0), r"'text' embeddings: expected shape \(B, D\) with B=4, D=8, got \(4, 6\)"),
+        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((3, 8)), 0.0), r"'text' embeddings: expected shape"),
+        (lambda: losses.clip_loss(jnp.zeros((4,)), jnp.zeros((4, 8)), 0.0), r"'image' embeddings: expected shape \(B, D\), got \(4,\)"),
+        (lambda: losses.siglip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, jnp.zeros(4)), r"bias: expected shape \(\), got \(4,\)"),
+        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, mask=jnp.ones(4)), r"mask: expected a bool array"),
+        (lambda: losses.nt_xent_loss(jnp.zeros((4, 8), jnp.int32), jnp.zeros((4, 8)), 0.1), r"'first' embeddings: expected a float array"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
