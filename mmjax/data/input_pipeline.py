@@ -22,11 +22,21 @@ import tensorflow_datasets as tfds
 
 from mmjax.data import mm_digits, tokenizers
 from mmjax.data.prompts import class_prompts
+from mmjax.schema import Field
 
 Batch = dict[str, np.ndarray | dict[str, np.ndarray]]
 
 # Datasets that mmjax can build itself, by the name used in `config.data.name`.
 BUILDERS = {"mm_digits": mm_digits.prepare}
+
+CONFIG_SCHEMA = {
+    "name": Field(str, choices=tuple(BUILDERS)),
+    "data_dir": Field(str),  # empty: $MMJAX_DATA_DIR or ~/tensorflow_datasets
+    "tokenizer": Field(str, choices=tokenizers.TOKENIZERS),
+    "text_length": Field(int, low=2),
+    "batch_size": Field(int, low=1),
+    "cache": Field(bool),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,18 +144,22 @@ class ImageCaptionData:
     host_rows = order[process_index::process_count]
     return host_rows.batch(batch_size // process_count, drop_remainder=True).map(reader.read)
 
-  def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[Batch]:
-    """One pass over `split` in order, in batches of `batch_size`, padding the last one.
+  def eval_batches(
+      self, batch_size: int, process_index: int = 0, process_count: int = 1, split: str = "test"
+  ) -> Iterator[Batch]:
+    """One pass over `split` in order, in global batches of `batch_size`, the last one padded.
 
-    Padding rows repeat example 0 and are marked absent in ``batch["present"]``.
+    Padding rows repeat example 0 and are marked absent in ``batch["present"]``. Like
+    `train_dataset`, a host gets rows ``process_index::process_count`` of every global batch.
     """
     reader = self.splits[split]
     for start in range(0, len(reader), batch_size):
       indices = np.arange(start, min(start + batch_size, len(reader)))
-      padding = batch_size - len(indices)
-      batch = reader.read(np.concatenate([indices, np.zeros(padding, indices.dtype)]))
       valid = np.arange(batch_size) < len(indices)
-      batch["present"] = {modality: valid for modality in batch["present"]}
+      indices = np.concatenate([indices, np.zeros(batch_size - len(indices), indices.dtype)])
+      rows = slice(process_index, None, process_count)
+      batch = reader.read(indices[rows])
+      batch["present"] = {modality: valid[rows] for modality in batch["present"]}
       yield batch
 
   def class_prompts(self) -> np.ndarray:
@@ -168,3 +182,8 @@ def load(name: str, data_dir: str | None, tokenizer: str, text_length: int, cach
   if name not in BUILDERS:
     raise ValueError(f"Unknown dataset {name!r}; valid choices: {sorted(BUILDERS)}.")
   return ImageCaptionData(BUILDERS[name](data_dir or None), tokenizer, text_length, cache)
+
+
+def from_config(config) -> ImageCaptionData:
+  """`load` with the arguments of the ``data`` config section."""
+  return load(config.name, config.data_dir, config.tokenizer, config.text_length, config.cache)

@@ -19,9 +19,12 @@ the training captions and the pixel mean and standard deviation of the training 
 ['zero', 'one', 'two']
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 
+from absl import logging
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
@@ -187,5 +190,8 @@ def prepare(data_dir: str | None = None, config: str | MmDigitsConfig = "default
   """
   builder = MmDigits(data_dir=data_dir or default_data_dir(), config=config, file_format="array_record")
   if not builder.is_prepared():
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    logging.info("Building mm_digits into %s", builder.data_dir)
+    # TFDS reports its progress on stdout, which belongs to the caller (the CLI prints JSON there).
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare()
   return builder

@@ -12,6 +12,7 @@ import numpy as np
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+TOKENIZERS = ("byte", "word")
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
@@ -81,4 +82,4 @@ def make_tokenizer(kind: str, vocabulary: Sequence[str]) -> WordTokenizer | Byte
     return WordTokenizer(vocabulary)
   if kind == "byte":
     return ByteTokenizer()
-  raise ValueError(f"Unknown tokenizer {kind!r}; valid choices: ['byte', 'word'].")
+  raise ValueError(f"Unknown tokenizer {kind!r}; valid choices: {list(TOKENIZERS)}.")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import checks
+from mmjax.numerics import l2_normalize
 
 # CLIP initialises the learnable logit scale at 1/0.07 and clamps it at 100 (Radford et al. 2021);
 # without the clamp the scale overflows and the loss becomes NaN.
@@ -194,7 +195,7 @@ def nt_xent_loss(
   size = first_embeddings.shape[0]
   valid = jnp.tile(_valid(mask, size), 2)
   both = jnp.concatenate([first_embeddings, second_embeddings]).astype(jnp.float32)
-  both = both * jax.lax.rsqrt(jnp.maximum(jnp.sum(both * both, axis=1, keepdims=True), 1e-12))
+  both = l2_normalize(both)
   logits = jnp.matmul(both, both.T) / jnp.asarray(temperature, jnp.float32)
   keep = valid[None, :] & ~jnp.eye(2 * size, dtype=jnp.bool_)
   log_probs = jax.nn.log_softmax(_exclude_columns(logits, keep), axis=1)

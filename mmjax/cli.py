@@ -1,0 +1,69 @@
+"""The ``mmjax`` command line.
+
+    mmjax train --config configs/clip_digits.py --workdir runs/clip [--config.key=value ...]
+    mmjax eval --workdir runs/clip [--step N]
+
+``train`` resumes from the workdir's latest checkpoint if there is one and prints the final
+evaluation as JSON; ``eval`` evaluates a checkpoint of a finished or running workdir.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_STEP = flags.DEFINE_integer("step", None, "eval: the checkpoint step to evaluate (default: latest).")
+
+
+def _usage() -> str:
+  return __doc__.split("\n\n")[1]
+
+
+def _run(command: str) -> None:
+  # Imported after flag parsing, so `--help` and flag errors come back at once.
+  from mmjax import experiment, schema
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required.")
+  try:
+    if command == "train":
+      if _CONFIG.value is None:
+        raise app.UsageError("train needs --config.")
+      metrics = experiment.train(_CONFIG.value, _WORKDIR.value)
+    else:
+      metrics = experiment.evaluate(_WORKDIR.value, _STEP.value)
+  except (schema.ConfigError, FileNotFoundError) as error:
+    logging.error("%s", error)
+    print(f"mmjax {command}: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(metrics, indent=2))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as error:
+    # ml_collections reports an override of a key the config lacks as an AttributeError.
+    detail = " ".join(str(error).encode().decode("unicode_escape").replace("'", "").split())
+    print(f"FATAL Flags parsing error: unknown key in a --config override: {detail}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    print(f"usage:\n{_usage()}\n\ncommands: {', '.join(COMMANDS)}", file=sys.stderr)
+    sys.exit(2)
+  command = argv.pop(1)
+  app.run(lambda _: _run(command), argv=argv, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  main()

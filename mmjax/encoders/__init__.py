@@ -1,0 +1,6 @@
+"""Modality encoders: linen modules mapping one modality to a feature vector per sample."""
+
+from mmjax.encoders.image import ConvEncoder
+from mmjax.encoders.text import GRUTextEncoder, TransformerBlock, TransformerTextEncoder
+
+__all__ = ["ConvEncoder", "GRUTextEncoder", "TransformerBlock", "TransformerTextEncoder"]

@@ -1,0 +1,55 @@
+"""Image encoders."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax import checks
+from mmjax.encoders import layers
+
+
+class ConvEncoder(nn.Module):
+  """A stack of convolutions, global average pooling and a linear projection.
+
+  Each stage is ``conv(channels[i], stride strides[i]) → norm → gelu``.
+
+  Attributes:
+    features: output dimension of the projection.
+    channels: output channels of each convolution.
+    strides: stride of each convolution (same length as `channels`).
+    kernel_size: square kernel size of every convolution.
+    norm: a name in `layers.NORMS`.
+    dtype: computation dtype (parameters stay float32).
+
+  >>> encoder = ConvEncoder(features=16, channels=(8, 16), strides=(1, 2))
+  >>> images = jnp.zeros((4, 8, 8, 1))
+  >>> variables = encoder.init(jax.random.key(0), images)
+  >>> encoder.apply(variables, images).shape
+  (4, 16)
+  """
+
+  features: int
+  channels: Sequence[int] = (32, 64, 128)
+  strides: Sequence[int] = (1, 2, 2)
+  kernel_size: int = 3
+  norm: str = "layer"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # no dropout or batch statistics
+    if len(self.channels) != len(self.strides):
+      raise ValueError(
+          f"ConvEncoder: channels {tuple(self.channels)} and strides {tuple(self.strides)} "
+          "must have the same length."
+      )
+    checks.check_shape("ConvEncoder: images", images, (None, None, None, None))
+    x = images.astype(self.dtype)
+    for stage, (channels, stride) in enumerate(zip(self.channels, self.strides)):
+      x = nn.Conv(channels, (self.kernel_size,) * 2, strides=stride, dtype=self.dtype, name=f"conv{stage}")(x)
+      x = layers.make_norm(self.norm, self.dtype, name=f"norm{stage}")(x)
+      x = nn.gelu(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.features, dtype=self.dtype, name="projection")(x)

@@ -1,0 +1,99 @@
+"""Runs from a config: validate, build the data and the model, train, evaluate, restore.
+
+This is the one place that knows every model family and dataset by name (`mmjax.models.FAMILIES`,
+`mmjax.data.input_pipeline.BUILDERS`); the CLI, notebooks and tests all come through here.
+
+>>> from configs import clip_digits  # doctest: +SKIP
+>>> metrics = train(clip_digits.get_config(), "/tmp/clip_digits")  # doctest: +SKIP
+"""
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+
+from mmjax import models, schema
+from mmjax.data import input_pipeline
+from mmjax.parallel import mesh as mesh_lib
+from mmjax.train import checkpoints, loop, optimizers
+
+
+def config_schema(config) -> dict:
+  """The schema the whole config must follow; the model section depends on the model family."""
+  family = config.get("model", {}).get("name")
+  if family not in models.FAMILIES:
+    raise schema.ConfigError(f"invalid config:\n  model.name: {family!r} is not a valid choice; valid choices: {sorted(models.FAMILIES)}")
+  return {
+      "seed": schema.Field(int, low=0),
+      "data": input_pipeline.CONFIG_SCHEMA,
+      "model": models.FAMILIES[family][1],
+      "optimizer": optimizers.CONFIG_SCHEMA,
+      "train": loop.CONFIG_SCHEMA,
+      "mesh": mesh_lib.CONFIG_SCHEMA,
+  }
+
+
+def validate_config(config) -> None:
+  """Raises `mmjax.schema.ConfigError` listing every problem, before anything is built."""
+  schema.validate(config, config_schema(config))
+
+
+@dataclasses.dataclass
+class Run:
+  """A configured experiment: its config, data and model (built, not trained)."""
+
+  config: ml_collections.ConfigDict
+  data: input_pipeline.ImageCaptionData
+  model: models.Model
+
+
+def build(config) -> Run:
+  """Validates `config`, then loads its data and builds its model."""
+  validate_config(config)
+  data = input_pipeline.from_config(config.data)
+  family = models.FAMILIES[config.model.name][0]
+  return Run(config, data, family(config.model, data.spec, class_prompts=data.class_prompts()))
+
+
+def train(config, workdir: str) -> dict[str, float]:
+  """Trains as `config` says in `workdir` (resuming if it holds checkpoints); returns the final
+  evaluation, also in ``workdir/eval.json``."""
+  run = build(config)
+  return loop.train(config, workdir, run.model, run.data)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an mmjax run?")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(workdir: str, step: int | None = None):
+  """The built run of `workdir` and its training state at `step` (default: the latest checkpoint)."""
+  config = load_config(workdir)
+  run = build(config)
+  trainer = loop.Trainer(config, run.model, run.data)
+  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=None)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step not in checkpointer.all_steps():
+      raise FileNotFoundError(
+          f"no checkpoint for step {step} in {checkpointer.directory}; present: {checkpointer.all_steps()}"
+      )
+    state, _ = trainer.restore_state(checkpointer, step)
+  finally:
+    checkpointer.close()
+  return run, trainer, state
+
+
+def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
+  """Evaluates the checkpoint of `workdir` at `step` (default: latest); writes ``eval.json``."""
+  _, trainer, state = restore(workdir, step)
+  metrics = {"step": int(state.step), **trainer.evaluate(state)}
+  with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
+    json.dump(metrics, f, indent=2)
+  return metrics

@@ -1,0 +1,66 @@
+"""The contract between a model family and the trainer.
+
+A model family (contrastive dual encoder, multimodal VAE, GAN, fusion classifier, …) describes
+*what* to compute; the trainer (`mmjax.train`) owns *how*: optimizers, the compiled step,
+sharding, checkpoints and logs. They meet here:
+
+* ``init(rng, batch) -> variables``: the Flax variables (``{"params": …}`` plus any mutable
+  collections such as batch statistics) for a batch of the training shape.
+* ``objectives``: one `Objective` per optimizer. Each minimises its loss over its own part of the
+  parameters; several run one after the other inside one compiled step (a GAN's discriminator
+  then generator update), each seeing the parameters the previous one produced.
+* ``evaluate(variables, batches) -> {metric: float}`` over an evaluation split.
+
+A loss receives the training step, so schedules (KL annealing, lazy regularisers) live in the
+model, and an explicit PRNG key, so stochastic losses are reproducible.
+"""
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+
+Batch = Mapping[str, Any]
+Variables = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class LossFn(Protocol):
+
+  def __call__(
+      self, params: Any, model_state: Variables, batch: Batch, rng: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, tuple[Metrics, Variables]]:
+    """Returns ``(loss, (metrics, new_model_state))``.
+
+    `params` is the full parameter tree (also the parts this objective does not train);
+    `model_state` holds the variables other than params (empty for most models); metrics are
+    scalars to log.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One loss, minimised by one optimizer.
+
+  Attributes:
+    name: identifies the objective in metrics, optimizer configs and optimizer state.
+    loss: the loss function.
+    trains: names of the top-level parameter subtrees this objective updates; None means all.
+  """
+
+  name: str
+  loss: LossFn
+  trains: tuple[str, ...] | None = None
+
+
+class Model(Protocol):
+  """What the trainer needs from a model family."""
+
+  objectives: Sequence[Objective]
+
+  def init(self, rng: jax.Array, batch: Batch) -> Variables:
+    ...
+
+  def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
+    ...

@@ -1,0 +1,144 @@
+"""Contrastive image–text dual encoders (CLIP, SigLIP, or NT-Xent objective).
+
+The model family behind ``configs/clip_digits.py``: an image encoder and a text encoder trained
+so that paired embeddings score higher than unpaired ones; evaluated by zero-shot classification
+from class prompts and by retrieval in both directions.
+"""
+
+import math
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax import checks, eval as evaluation, losses
+from mmjax.data.input_pipeline import DataSpec
+from mmjax.models import encoder_configs
+from mmjax.models.base import Batch, Objective, Variables
+from mmjax.models.dual_encoder import DualEncoder
+from mmjax.schema import ConfigError, Field
+
+MODALITIES = ("image", "text")
+LOSSES = ("clip", "siglip", "nt_xent")
+# Initial logit scale and bias when the config leaves them unset, as the papers set them.
+DEFAULT_INIT = {"clip": (math.log(1 / 0.07), None), "siglip": (math.log(10.0), -10.0), "nt_xent": (0.0, None)}
+
+CONFIG_SCHEMA = {
+    "name": Field(str),
+    "loss": Field(str, choices=LOSSES),
+    "embed_dim": Field(int, low=1),
+    "image_encoder": encoder_configs.CONV_SCHEMA,
+    "text_encoder": Field(str, choices=encoder_configs.TEXT_ENCODERS),
+    "transformer": encoder_configs.TRANSFORMER_SCHEMA,
+    "gru": encoder_configs.GRU_SCHEMA,
+    "init_log_scale": Field(float, nullable=True),
+    "init_bias": Field(float, nullable=True),
+    "max_scale": Field(float, low=1.0, nullable=True),
+    "nt_xent_temperature": Field(float, low=1e-6),
+    "dtype": Field(str, choices=tuple(encoder_configs.DTYPES)),
+    "remat": Field(bool),
+}
+
+
+class ContrastiveModel:
+  """A dual encoder trained with a contrastive loss; honours `mmjax.models.base.Model`.
+
+  Args:
+    config: the ``model`` config section (see `CONFIG_SCHEMA`).
+    spec: the dataset's modalities and vocabulary.
+    class_prompts: ``int32[C, T, L]`` tokenized prompts for zero-shot evaluation, or None to skip
+      zero-shot classification.
+  """
+
+  def __init__(self, config, spec: DataSpec, class_prompts: np.ndarray | None = None):
+    checks.check_modalities(spec.modalities, MODALITIES, "ContrastiveModel data")
+    if config.loss not in LOSSES:
+      raise ConfigError(f"Unknown loss {config.loss!r}; valid choices: {list(LOSSES)}.")
+    self.config = config
+    self.class_prompts = class_prompts
+    init_log_scale, init_bias = DEFAULT_INIT[config.loss]
+    text_length = spec.modalities["text"].shape[0]
+    self.module = DualEncoder(
+        encoders={
+            "image": encoder_configs.conv_encoder(config.image_encoder, config.embed_dim, config.dtype),
+            "text": encoder_configs.text_encoder(
+                config, config.embed_dim, spec.vocab_size, text_length, config.dtype, config.remat
+            ),
+        },
+        input_shapes={m: tuple(spec.modalities[m].shape) for m in MODALITIES},
+        init_log_scale=init_log_scale if config.init_log_scale is None else config.init_log_scale,
+        init_bias=(init_bias if config.init_bias is None else config.init_bias) if config.loss == "siglip" else None,
+    )
+    self.objectives = (Objective("contrastive", self.loss),)
+    self._embed = jax.jit(self._embed_batch)
+    self._embed_prompts = jax.jit(self._embed_prompts_fn)
+
+  def init(self, rng: jax.Array, batch: Batch) -> Variables:
+    return dict(self.module.init(rng, {m: batch[m] for m in MODALITIES}))
+
+  def pair_loss(self, params, embeddings: dict[str, jax.Array], mask: jax.Array | None) -> jax.Array:
+    """The configured contrastive loss of paired embeddings."""
+    image, text = embeddings["image"], embeddings["text"]
+    if self.config.loss == "clip":
+      return losses.clip_loss(image, text, params["log_scale"], max_scale=self.config.max_scale, mask=mask)
+    if self.config.loss == "siglip":
+      return losses.siglip_loss(
+          image, text, params["log_scale"], params["bias"], max_scale=self.config.max_scale, mask=mask
+      )
+    return losses.nt_xent_loss(image, text, self.config.nt_xent_temperature, mask=mask)
+
+  def loss(self, params, model_state, batch, rng, step):
+    del step  # no schedule inside the loss
+    checks.check_modalities(batch, MODALITIES, "ContrastiveModel batch")
+    embeddings = self.module.apply(
+        {"params": params}, {m: batch[m] for m in MODALITIES}, train=True, rngs={"dropout": rng}
+    )
+    mask = batch["present"]["image"] & batch["present"]["text"]
+    loss = self.pair_loss(params, embeddings, mask)
+    similarity = embeddings["image"] @ embeddings["text"].T
+    target = jnp.arange(similarity.shape[0])
+    metrics = {
+        "loss": loss,
+        "logit_scale": losses.clamped_scale(params["log_scale"], self.config.max_scale),
+        "i2t_batch_accuracy": jnp.sum((jnp.argmax(similarity, 1) == target) & mask) / jnp.maximum(jnp.sum(mask), 1),
+        "t2i_batch_accuracy": jnp.sum((jnp.argmax(similarity, 0) == target) & mask) / jnp.maximum(jnp.sum(mask), 1),
+    }
+    return loss, (metrics, model_state)
+
+  def _embed_batch(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:
+    return self.module.apply(variables, {m: batch[m] for m in MODALITIES})
+
+  def _embed_prompts_fn(self, variables: Variables, prompts: jax.Array) -> jax.Array:
+    classes, templates, length = prompts.shape
+    embedded = self.module.apply(variables, "text", prompts.reshape(classes * templates, length), method="encode")
+    return evaluation.class_embeddings(embedded.reshape(classes, templates, -1))
+
+  def embed(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, np.ndarray]:
+    """Embeddings, labels and tokens of every present example of `batches`, on the host."""
+    parts = []
+    for batch in batches:
+      embeddings = self._embed(variables, batch)
+      keep = np.asarray(batch["present"]["image"]) & np.asarray(batch["present"]["text"])
+      parts.append({
+          "image": np.asarray(embeddings["image"])[keep],
+          "text": np.asarray(embeddings["text"])[keep],
+          "label": np.asarray(batch["label"])[keep],
+          "tokens": np.asarray(batch["text"])[keep],
+      })
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+  def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
+    """Zero-shot top-1 accuracy from the class prompts, and retrieval in both directions.
+
+    Identical captions are interchangeable for retrieval (they embed identically), so a query
+    counts as answered when any pair with the same caption ranks within K.
+    """
+    embedded = self.embed(variables, batches)
+    _, caption_groups = np.unique(embedded["tokens"], axis=0, return_inverse=True)
+    metrics = evaluation.retrieval_metrics(embedded["image"], embedded["text"], caption_groups.reshape(-1))
+    if self.class_prompts is not None:
+      classes = self._embed_prompts(variables, self.class_prompts)
+      metrics["zeroshot_top1"] = float(evaluation.zero_shot_accuracy(embedded["image"], classes, embedded["label"]))
+    metrics["num_examples"] = int(len(embedded["label"]))
+    return metrics

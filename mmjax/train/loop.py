@@ -1,0 +1,209 @@
+"""The training loop: every model family runs through `train`.
+
+Read top to bottom, `train` does: plan the mesh and the state's shardings, create the state
+already sharded (or restore it from the latest checkpoint), compile the step once, then loop —
+fetch a batch, step, log, evaluate, checkpoint — and finish with a final evaluation written to
+``workdir/eval.json``. It knows nothing about any model family: a model brings its objectives
+and its evaluation (`mmjax.models.base.Model`), the data brings batches (`TrainData`).
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import grain
+import jax
+import numpy as np
+
+from mmjax.models.base import Batch, Model
+from mmjax.parallel import mesh as mesh_lib
+from mmjax.schema import ConfigError, Field
+from mmjax.train import checkpoints, metric_writers, optimizers, step as step_lib
+
+CONFIG_SCHEMA = {
+    "num_steps": Field(int, low=1),
+    "log_every": Field(int, low=1),
+    "eval_every": Field(int, low=1, nullable=True),
+    "checkpoint_every": Field(int, low=1),
+    "keep_checkpoints": Field(int, low=1),
+    "async_checkpointing": Field(bool),
+    "eval_batch_size": Field(int, low=1),
+    "prefetch_threads": Field(int, low=0),
+    "progress_bar": Field(bool),
+}
+
+
+class TrainData(Protocol):
+  """What the loop needs from a dataset."""
+
+  def train_dataset(self, batch_size: int, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
+    ...
+
+  def eval_batches(self, batch_size: int, process_index: int, process_count: int) -> Iterator[Batch]:
+    ...
+
+
+class Trainer:
+  """The compiled pieces of one run: state layout, init, step and evaluation on a mesh.
+
+  Built from the config, the model and the data; `train` drives it. Tests and notebooks can use
+  it directly to run steps without the loop.
+  """
+
+  def __init__(self, config, model: Model, data: TrainData):
+    self.config = config
+    self.model = model
+    self.data = data
+    self.mesh = mesh_lib.make_mesh(config.mesh)
+    self._check_batch_sizes()
+    self.optimizers, self.schedules = {}, {}
+    for objective in model.objectives:
+      self.optimizers[objective.name], self.schedules[objective.name] = optimizers.make_optimizer(
+          config.optimizer, config.train.num_steps
+      )
+    self.train_dataset = data.train_dataset(
+        config.data.batch_size, config.seed, jax.process_index(), jax.process_count()
+    )
+    batch_spec = jax.eval_shape(lambda: self._global_batch_spec(self.train_dataset[0]))
+    self._init = step_lib.make_init(model, self.optimizers, batch_spec)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(self.mesh), self.abstract_state)
+    self.train_step = jax.jit(
+        step_lib.make_train_step(model, self.optimizers),
+        in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
+        out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh)),
+        donate_argnums=(0,),
+    )
+
+  def _check_batch_sizes(self) -> None:
+    parallel = mesh_lib.data_parallel_size(self.mesh)
+    for name in ("data.batch_size", "train.eval_batch_size"):
+      section, key = name.split(".")
+      size = self.config[section][key]
+      if size % parallel or size % jax.process_count():
+        raise ConfigError(
+            f"{name} ({size}) must be divisible by the data-parallel mesh size ({parallel}) "
+            f"and the process count ({jax.process_count()})."
+        )
+
+  def _global_batch_spec(self, local_batch: Batch) -> Batch:
+    scale = jax.process_count()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale, *x.shape[1:]), x.dtype), local_batch)
+
+  def init_state(self, seed: int) -> step_lib.TrainState:
+    """A fresh state, created directly with its shardings (never materialised on one device)."""
+    return jax.jit(self._init, out_shardings=self.state_sharding)(jax.random.key(seed))
+
+  def restore_state(self, checkpointer: checkpoints.Checkpointer, step: int) -> tuple[step_lib.TrainState, dict]:
+    target = checkpoints.abstract_with_shardings(self.abstract_state, self.state_sharding)
+    return checkpointer.restore(step, target)
+
+  def put(self, batch: Batch) -> Batch:
+    return mesh_lib.put_batch(batch, self.mesh)
+
+  def evaluate(self, state: step_lib.TrainState) -> dict[str, float]:
+    batches = self.data.eval_batches(self.config.train.eval_batch_size, jax.process_index(), jax.process_count())
+    return self.model.evaluate(state.variables, (self.put(batch) for batch in batches))
+
+  def learning_rates(self, step: int) -> dict[str, float]:
+    """The learning rate of each objective's update at `step` (0-based)."""
+    if len(self.schedules) == 1:
+      return {"learning_rate": float(next(iter(self.schedules.values()))(step))}
+    return {f"{name}/learning_rate": float(schedule(step)) for name, schedule in self.schedules.items()}
+
+
+def _mean_metrics(window: list[dict[str, Any]]) -> dict[str, float]:
+  fetched = jax.device_get(window)
+  return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+
+
+def prepare_workdir(workdir: str, config) -> str:
+  """Creates `workdir` (failing clearly if it cannot be written) and records the config."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as error:
+    raise ConfigError(f"workdir {workdir!r} is not writable: {error}") from error
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
+  return workdir
+
+
+def train(config, workdir: str, model: Model, data: TrainData) -> dict[str, float]:
+  """Trains `model` on `data` as `config` says, resuming from `workdir`'s latest checkpoint.
+
+  Returns:
+    The final evaluation, also written to ``workdir/eval.json``.
+  """
+  workdir = prepare_workdir(workdir, config)
+  trainer = Trainer(config, model, data)
+  is_writer = jax.process_index() == 0
+  num_steps = config.train.num_steps
+
+  checkpointer = checkpoints.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      every=config.train.checkpoint_every,
+      keep=config.train.keep_checkpoints,
+      asynchronous=config.train.async_checkpointing,
+  )
+  iterator = iter(
+      trainer.train_dataset.to_iter_dataset(
+          grain.ReadOptions(num_threads=config.train.prefetch_threads, prefetch_buffer_size=4)
+      )
+  )
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state, data_state = trainer.restore_state(checkpointer, start_step)
+    iterator.set_state(data_state)
+  else:
+    state = trainer.init_state(config.seed)
+
+  writer = metric_writers.MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
+  progress = metric_writers.ProgressBar(num_steps, start_step, enabled=is_writer and config.train.progress_bar)
+  window: list[dict[str, Any]] = []
+  window_start, window_first_step = time.perf_counter(), start_step
+  final = None
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = trainer.put(next(iterator))
+      if window:
+        # Let dispatch run at most one step ahead, so the progress bar and timings are honest.
+        jax.block_until_ready(window[-1])
+      state, metrics = trainer.train_step(state, batch)
+      window.append(metrics)
+      if step == start_step + 1:
+        # Throughput is timed from the end of the first step, which includes compilation.
+        jax.block_until_ready(state)
+        window_start, window_first_step = time.perf_counter(), step
+      evaluate_now = step == num_steps or (config.train.eval_every and step % config.train.eval_every == 0)
+      record = None
+      if step % config.train.log_every == 0 or evaluate_now:
+        record = {**_mean_metrics(window), **trainer.learning_rates(step - 1)}
+        if step > window_first_step:
+          record["steps_per_sec"] = (step - window_first_step) / (time.perf_counter() - window_start)
+          record["examples_per_sec"] = record["steps_per_sec"] * config.data.batch_size
+        if evaluate_now:
+          evaluation = trainer.evaluate(state)
+          final = evaluation if step == num_steps else None
+          record.update({f"eval/{k}": v for k, v in evaluation.items()})
+        writer.write(step, record)
+        window, window_start, window_first_step = [], time.perf_counter(), step
+      progress.update(1, record)
+      checkpointer.save(step, state, iterator.get_state(), force=step == num_steps)
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+
+  final = {"step": int(state.step), **(final or trainer.evaluate(state))}
+  if is_writer:
+    with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
+      json.dump(final, f, indent=2)
+  return final

@@ -1,0 +1,92 @@
+"""Where training metrics go: ``metrics.jsonl``, TensorBoard event files and a progress bar.
+
+``metrics.jsonl`` holds one JSON object per logged step: ``step``, ``loss``, ``learning_rate``,
+throughput, the model's other training metrics, and evaluation metrics (prefixed ``eval/``) when
+the step was evaluated. Only process 0 writes.
+"""
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import tqdm
+
+# Fields that measure the machine rather than the run: they differ between identical runs.
+WALL_CLOCK_KEYS = ("examples_per_sec", "steps_per_sec")
+
+
+def _jsonable(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no NaN/Inf; keep them visible rather than failing
+  return value
+
+
+class MetricWriter:
+  """Appends metrics to ``workdir/metrics.jsonl`` and ``workdir/tb/``.
+
+  On a resumed run, lines after `resume_step` (written after the checkpoint the run resumes from)
+  are dropped, so every step is logged once.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not enabled:
+      return
+    self._truncate_after(resume_step)
+    from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
+
+    # purge_step hides events a previous attempt wrote after the checkpoint we resume from.
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
+    self._file = open(self.path, "a", encoding="utf-8")
+
+  def _truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, encoding="utf-8") as f:
+      kept = [line for line in f if line.strip() and _complete_line_step(line) is not None]
+    kept = [line for line in kept if _complete_line_step(line) <= step]
+    with open(self.path, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    for name, value in metrics.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._tb.add_scalar(name, value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+
+
+def _complete_line_step(line: str) -> int | None:
+  """The step of a well-formed line, or None for a line cut short by a crash."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+class ProgressBar:
+  """A tqdm bar over the steps with the latest loss and throughput; ETA comes from tqdm."""
+
+  def __init__(self, total: int, initial: int, enabled: bool):
+    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled)
+
+  def update(self, steps: int, metrics: Mapping[str, float] | None = None) -> None:
+    self._bar.update(steps)
+    if metrics:
+      shown = {k: metrics[k] for k in ("loss", "examples_per_sec") if k in metrics}
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+  def close(self) -> None:
+    self._bar.close()
