@@ -3,8 +3,10 @@
 This is the one place that knows every model family and dataset by name (`mmjax.models.FAMILIES`,
 `mmjax.data.input_pipeline.BUILDERS`); the CLI, notebooks and tests all come through here.
 
->>> from configs import clip_digits  # doctest: +SKIP
->>> metrics = train(clip_digits.get_config(), "/tmp/clip_digits")  # doctest: +SKIP
+Example (from the repository root; see notebooks/quickstart.ipynb for a complete one)::
+
+    from configs import clip_digits
+    metrics = train(clip_digits.get_config(), "runs/clip_digits")
 """
 
 import dataclasses

@@ -72,7 +72,8 @@ class ContrastiveModel:
     )
     self.objectives = (Objective("contrastive", self.loss),)
     self._embed = jax.jit(self._embed_batch)
-    self._embed_prompts = jax.jit(self._embed_prompts_fn)
+    self.embed_text = jax.jit(self._embed_text)
+    self.class_embeddings = jax.jit(self._class_embeddings)
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, {m: batch[m] for m in MODALITIES}))
@@ -109,9 +110,14 @@ class ContrastiveModel:
   def _embed_batch(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:
     return self.module.apply(variables, {m: batch[m] for m in MODALITIES})
 
-  def _embed_prompts_fn(self, variables: Variables, prompts: jax.Array) -> jax.Array:
+  def _embed_text(self, variables: Variables, tokens: jax.Array) -> jax.Array:
+    """``[N, D]`` unit-norm embeddings of ``int32[N, L]`` tokenized texts (jit-compiled)."""
+    return self.module.apply(variables, "text", tokens, method="encode")
+
+  def _class_embeddings(self, variables: Variables, prompts: jax.Array) -> jax.Array:
+    """``[C, D]`` zero-shot classifier from ``int32[C, T, L]`` prompts (jit-compiled)."""
     classes, templates, length = prompts.shape
-    embedded = self.module.apply(variables, "text", prompts.reshape(classes * templates, length), method="encode")
+    embedded = self._embed_text(variables, prompts.reshape(classes * templates, length))
     return evaluation.class_embeddings(embedded.reshape(classes, templates, -1))
 
   def embed(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, np.ndarray]:
@@ -138,7 +144,7 @@ class ContrastiveModel:
     _, caption_groups = np.unique(embedded["tokens"], axis=0, return_inverse=True)
     metrics = evaluation.retrieval_metrics(embedded["image"], embedded["text"], caption_groups.reshape(-1))
     if self.class_prompts is not None:
-      classes = self._embed_prompts(variables, self.class_prompts)
+      classes = self.class_embeddings(variables, self.class_prompts)
       metrics["zeroshot_top1"] = float(evaluation.zero_shot_accuracy(embedded["image"], classes, embedded["label"]))
     metrics["num_examples"] = int(len(embedded["label"]))
     return metrics

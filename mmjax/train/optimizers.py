@@ -58,7 +58,7 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
   ...     final_learning_rate_fraction=0.0, b1=0.9, b2=0.98, eps=1e-6, momentum=0.9,
   ...     weight_decay=0.1, grad_clip_norm=1.0))
   >>> optimizer, schedule = make_optimizer(config, num_steps=100)
-  >>> float(schedule(10))
+  >>> round(float(schedule(10)), 6)
   0.001
   """
   schedule = make_schedule(config, num_steps)

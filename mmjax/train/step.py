@@ -106,7 +106,7 @@ def make_train_step(
           grads, opt_state[objective.name], trained
       )
       params = {**params, **optax.apply_updates(trained, updates)}
-      objective_metrics = {"loss": loss, **objective_metrics, "grad_norm": optax.global_norm(grads)}
+      objective_metrics = {"loss": loss, **objective_metrics, "grad_norm": optax.tree.norm(grads)}
       prefix = "" if len(objectives) == 1 else f"{objective.name}/"
       metrics.update({prefix + name: value for name, value in objective_metrics.items()})
     if len(objectives) > 1:

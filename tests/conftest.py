@@ -1,0 +1,46 @@
+"""Shared fixtures: the built-in dataset built once per test process, and small run configs."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `configs`
+
+from configs import clip_digits  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  """A TFDS data directory holding mm_digits (built here, offline)."""
+  from mmjax.data import mm_digits
+
+  directory = str(tmp_path_factory.mktemp("tensorflow_datasets"))
+  mm_digits.prepare(directory)
+  return directory
+
+
+def small_config(data_dir: str, **train):
+  """clip_digits shrunk to run in seconds: tiny towers, small batches, few steps."""
+  config = clip_digits.get_config()
+  config.data.data_dir = data_dir
+  config.data.batch_size = 32
+  config.model.embed_dim = 16
+  config.model.image_encoder.channels = (8, 16)
+  config.model.image_encoder.strides = (1, 2)
+  config.model.gru.width = 16
+  config.model.transformer.width = 16
+  config.model.transformer.depth = 1
+  config.optimizer.warmup_steps = 2
+  config.train.update(
+      dict(num_steps=12, log_every=4, eval_every=6, checkpoint_every=6, eval_batch_size=128, progress_bar=False)
+  )
+  config.train.update(train)
+  return config
+
+
+@pytest.fixture
+def small(data_dir):
+  """Factory for small configs: ``small(num_steps=20)``."""
+  return lambda **train: small_config(data_dir, **train)

@@ -1,0 +1,89 @@
+"""The contrastive model family: loss wiring, errors naming modalities, evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import experiment, losses
+from mmjax.schema import ConfigError
+
+
+@pytest.fixture(scope="module")
+def built(data_dir):
+  from tests.conftest import small_config
+
+  def build(**model):
+    config = small_config(data_dir)
+    config.model.update(model)
+    run = experiment.build(config)
+    batch = run.data.train_dataset(8, seed=0)[0]
+    variables = jax.jit(run.model.init)(jax.random.key(0), batch)
+    return run, batch, variables
+
+  return build
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip", "nt_xent"])
+def test_loss_is_the_configured_contrastive_loss(built, loss):
+  run, batch, variables = built(loss=loss)
+  params = variables["params"]
+  value, (metrics, _) = jax.jit(run.model.loss)(params, {}, batch, jax.random.key(1), 0)
+  embeddings = run.model.module.apply(variables, {m: batch[m] for m in ("image", "text")})
+  image, text = embeddings["image"], embeddings["text"]
+  expected = {
+      "clip": lambda: losses.clip_loss(image, text, params["log_scale"]),
+      "siglip": lambda: losses.siglip_loss(image, text, params["log_scale"], params["bias"]),
+      "nt_xent": lambda: losses.nt_xent_loss(image, text, 0.1),
+  }[loss]()
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  assert metrics["loss"] == value
+  assert ("bias" in params) == (loss == "siglip")
+  np.testing.assert_allclose(params["log_scale"], np.log(10.0) if loss == "siglip" else (np.log(1 / 0.07) if loss == "clip" else 0.0), rtol=1e-6)
+
+
+def test_gradients_reach_both_towers_and_the_temperature(built):
+  run, batch, variables = built()
+  grads = jax.jit(jax.grad(lambda p: run.model.loss(p, {}, batch, jax.random.key(1), 0)[0]))(variables["params"])
+  for tower in grads:
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[tower])), tower
+
+
+def test_absent_pairs_do_not_count(built):
+  run, batch, variables = built()
+  present = np.arange(8) < 5
+  masked = {**batch, "present": {"image": present, "text": present}}
+  subset = {k: v[:5] for k, v in batch.items() if k != "present"}
+  subset["present"] = {"image": present[:5], "text": present[:5]}
+  loss = jax.jit(run.model.loss)
+  np.testing.assert_allclose(
+      loss(variables["params"], {}, masked, jax.random.key(1), 0)[0],
+      loss(variables["params"], {}, subset, jax.random.key(1), 0)[0],
+      rtol=1e-5,
+  )
+
+
+def test_input_errors_name_the_modality(built):
+  run, batch, variables = built()
+  bad = {**batch, "image": batch["image"][..., 0]}
+  with pytest.raises(ValueError, match=r"modality 'image': expected shape \(B, 8, 8, 1\), got \(8, 8, 8\)"):
+    run.model.loss(variables["params"], {}, bad, jax.random.key(1), 0)
+  short = {**batch, "text": batch["text"][:, :10]}
+  with pytest.raises(ValueError, match=r"modality 'text': expected shape \(B, 16\), got \(8, 10\)"):
+    run.model.loss(variables["params"], {}, short, jax.random.key(1), 0)
+  missing = {k: v for k, v in batch.items() if k != "text"}
+  with pytest.raises(ValueError, match=r"missing modality 'text'"):
+    run.model.loss(variables["params"], {}, missing, jax.random.key(1), 0)
+
+
+def test_evaluate_reports_the_public_metric_names(built):
+  run, _, variables = built()
+  metrics = run.model.evaluate(variables, run.data.eval_batches(128))
+  for key in ("zeroshot_top1", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+    assert 0.0 <= metrics[key] <= 1.0
+  assert metrics["num_examples"] == 359
+
+
+def test_inconsistent_model_config_fails_before_building(built):
+  with pytest.raises(ConfigError, match=r"channels \(8, 16\) and strides \(1,\) must have the same length"):
+    built(image_encoder=dict(channels=(8, 16), strides=(1,), kernel_size=3, norm="layer"))

@@ -1,0 +1,59 @@
+"""The `mmjax` command: train, resume, eval and clear failures, through real subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = [
+    "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.gru.width=16",
+    "--config.model.image_encoder.channels=(8,16)", "--config.model.image_encoder.strides=(1,2)",
+    "--config.optimizer.warmup_steps=2", "--config.train.log_every=2", "--config.train.eval_every=4",
+    "--config.train.checkpoint_every=4", "--config.train.eval_batch_size=128",
+]
+
+
+def _mmjax(*args, data_dir):
+  env = {**os.environ, "MMJAX_DATA_DIR": data_dir}
+  return subprocess.run(
+      [sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
+
+
+@pytest.mark.slow
+def test_train_then_eval(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  done = _mmjax("train", "--config", "configs/clip_digits.py", "--workdir", workdir, "--config.train.num_steps=8", *SMALL, data_dir=data_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  printed = json.loads(done.stdout)
+  assert printed["step"] == 8 and "zeroshot_top1" in printed
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f) == printed
+  assert "step/s" in done.stderr  # the progress bar
+
+  evaluated = _mmjax("eval", "--workdir", workdir, "--step", "4", data_dir=data_dir)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert json.loads(evaluated.stdout)["step"] == 4
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.train.num_stepz=3"], 'unknown key in a --config override: num_stepz Did you mean "num_steps"'),
+        (["--config.model.loss=triplet"], "model.loss: 'triplet' is not a valid choice; valid choices: ['clip', 'nt_xent', 'siglip']"),
+        (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
+    ],
+)
+def test_bad_overrides_fail_before_training(args, message, data_dir, tmp_path):
+  done = _mmjax("train", "--config", "configs/clip_digits.py", "--workdir", str(tmp_path / "run"), *args, data_dir=data_dir)
+  assert done.returncode != 0
+  assert message in done.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_eval_of_a_directory_without_a_run_says_so(data_dir, tmp_path):
+  done = _mmjax("eval", "--workdir", str(tmp_path), data_dir=data_dir)
+  assert done.returncode == 2 and "config.json not found" in done.stderr

@@ -1,0 +1,60 @@
+"""Config validation: every problem reported at once, with the valid choices, before any work."""
+
+import pytest
+
+from configs import clip_digits
+from mmjax import experiment
+from mmjax.schema import ConfigError
+
+
+def test_default_config_is_valid():
+  experiment.validate_config(clip_digits.get_config())
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c: setattr(c.model, "loss", "triplet"), r"model.loss: 'triplet' is not a valid choice; valid choices: \['clip', 'nt_xent', 'siglip'\]"),
+        (lambda c: setattr(c.model, "text_encoder", "lstm"), r"model.text_encoder: 'lstm' is not a valid choice; valid choices: \['gru', 'transformer'\]"),
+        (lambda c: setattr(c.train, "num_steps", 0), r"train.num_steps: 0 is below the minimum 1"),
+        (lambda c: setattr(c.optimizer, "b2", 1.5), r"optimizer.b2: 1.5 is above the maximum 1.0"),
+        (lambda c: setattr(c.data, "tokenizer", "bpe"), r"data.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),
+        (lambda c: c.train.update({"num_stepz": 3}), r"train.num_stepz: unknown key; valid keys here: \[.*'num_steps'"),
+        (lambda c: c.model.image_encoder.update({"channels": (8, "16")}), r"model.image_encoder.channels: every item must be int"),
+        (lambda c: setattr(c.model, "name", "vae"), r"model.name: 'vae' is not a valid choice; valid choices: \['contrastive'\]"),
+    ],
+)
+def test_bad_configs_fail_with_the_problem_and_the_choices(change, message, tmp_path):
+  config = clip_digits.get_config()
+  with config.unlocked():
+    change(config)
+  with pytest.raises(ConfigError, match=message):
+    experiment.train(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_all_problems_are_listed_together():
+  config = clip_digits.get_config()
+  config.model.loss = "triplet"
+  config.train.num_steps = -1
+  with pytest.raises(ConfigError) as error:
+    experiment.validate_config(config)
+  assert "model.loss" in str(error.value) and "train.num_steps" in str(error.value)
+
+
+def test_mesh_that_does_not_fit_the_devices_fails_clearly(data_dir, tmp_path):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  config.mesh.data = 3
+  with pytest.raises(ConfigError, match=r"mesh: .* needs 3 devices, 1 are present"):
+    experiment.train(config, str(tmp_path))
+
+
+def test_warmup_longer_than_the_run_fails(data_dir, tmp_path):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  config.optimizer.warmup_steps = 20
+  with pytest.raises(ConfigError, match=r"warmup_steps \(20\) must be below train.num_steps \(12\)"):
+    experiment.train(config, str(tmp_path))

@@ -1,0 +1,96 @@
+"""The training loop end to end on mm_digits: learning, resuming, logging, compiling once."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import experiment
+from mmjax.train import loop
+from mmjax.train.metric_writers import WALL_CLOCK_KEYS
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _params(workdir, step=None):
+  _, _, state = experiment.restore(workdir, step)
+  return jax.device_get(state)
+
+
+def test_short_run_lowers_the_loss_and_writes_its_outputs(small, tmp_path):
+  config = small(num_steps=40, log_every=10, eval_every=20, checkpoint_every=20)
+  final = experiment.train(config, str(tmp_path))
+  records = _read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [10, 20, 30, 40]
+  assert records[-1]["loss"] < records[0]["loss"] - 0.3
+  for key in ("loss", "learning_rate", "examples_per_sec", "grad_norm", "logit_scale"):
+    assert all(np.isfinite(r[key]) for r in records), key
+  assert "eval/zeroshot_top1" in records[1] and "eval/zeroshot_top1" not in records[0]
+  with open(tmp_path / "eval.json") as f:
+    assert json.load(f) == final
+  for key in ("zeroshot_top1", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+    assert 0.0 <= final[key] <= 1.0
+  assert final["step"] == 40
+  assert final["zeroshot_top1"] > 0.2  # chance is 0.1
+  assert os.listdir(tmp_path / "tb")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 40
+
+
+def test_resume_continues_the_same_trajectory(small, tmp_path):
+  """A run that lost everything after its step-8 checkpoint, restarted, ends where an
+  uninterrupted run ends, bitwise, with each step logged once."""
+  config = small(num_steps=16, checkpoint_every=8, eval_every=None, log_every=2)
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  experiment.train(config, str(straight))
+  shutil.copytree(straight, interrupted)
+  shutil.rmtree(interrupted / "checkpoints" / "16")
+  (interrupted / "eval.json").unlink()
+
+  experiment.train(config, str(interrupted))
+
+  expected, resumed = _params(straight), _params(interrupted)
+  assert int(resumed.step) == 16
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  straight_records, resumed_records = _read_metrics(straight), _read_metrics(interrupted)
+  assert [r["step"] for r in resumed_records] == list(range(2, 17, 2))
+  for a, b in zip(straight_records, resumed_records):
+    assert {k: v for k, v in a.items() if k not in WALL_CLOCK_KEYS} == {k: v for k, v in b.items() if k not in WALL_CLOCK_KEYS}
+
+
+def test_restart_of_a_finished_run_changes_nothing(small, tmp_path):
+  config = small(num_steps=6, checkpoint_every=6, eval_every=None, log_every=3)
+  first = experiment.train(config, str(tmp_path))
+  params = _params(tmp_path)
+  assert experiment.train(config, str(tmp_path)) == first
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(_params(tmp_path))):
+    np.testing.assert_array_equal(a, b)
+  assert [r["step"] for r in _read_metrics(tmp_path)] == [3, 6]
+
+
+def test_step_and_evaluation_compile_once(small):
+  config = small(num_steps=4)
+  run = experiment.build(config)
+  trainer = loop.Trainer(config, run.model, run.data)
+  state = trainer.init_state(0)
+  iterator = iter(trainer.train_dataset.to_iter_dataset())
+  for _ in range(3):
+    state, _ = trainer.train_step(state, trainer.put(next(iterator)))
+    trainer.evaluate(state)  # several eval batches, the last one padded
+  assert trainer.train_step._cache_size() == 1
+  assert run.model._embed._cache_size() == 1
+  assert run.model.class_embeddings._cache_size() == 1
+
+
+def test_unwritable_workdir_fails_before_training(small, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="workdir .* is not writable"):
+    experiment.train(small(), str(blocker / "run"))
