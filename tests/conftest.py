@@ -1,7 +1,18 @@
-"""Shared fixtures: the built-in dataset built once per test process, and small run configs."""
+"""Shared fixtures: the built-in dataset built once per test process, and small run configs.
+
+Tests marked ``multidevice`` need 8 devices. They are left out of the ordinary session (one CPU
+device, like a laptop) and run by `tests/parallel/test_multidevice.py` in a separate pytest
+process started with ``MMJAX_TEST_DEVICES=8``, which simulates 8 CPU devices. That variable has
+to act before JAX is imported, hence its place at the top of this file.
+"""
 
 import os
 import sys
+
+if os.environ.get("MMJAX_TEST_DEVICES"):
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.environ['MMJAX_TEST_DEVICES']}"
+  )
 
 import pytest
 
@@ -44,3 +55,13 @@ def small_config(data_dir: str, **train):
 def small(data_dir):
   """Factory for small configs: ``small(num_steps=20)``."""
   return lambda **train: small_config(data_dir, **train)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Deselects ``multidevice`` tests unless this process simulates several devices."""
+  if os.environ.get("MMJAX_TEST_DEVICES"):
+    return
+  selected = [item for item in items if "multidevice" not in item.keywords]
+  if len(selected) < len(items):
+    config.hook.pytest_deselected(items=[item for item in items if "multidevice" in item.keywords])
+    items[:] = selected
