@@ -59,9 +59,14 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpointing=True,
       eval_batch_size=512,
+      accumulation_steps=1,  # >1: micro-batches; contrastive negatives still span the whole batch
       prefetch_threads=1,
       progress_bar=True,
   )
 
+  # Devices: `data` × `fsdp` × `model`; -1 takes the rest. See docs/scaling.md.
   config.mesh = dict(data=-1, fsdp=1, model=1)
+  # First matching (regex on the state path, action) wins; "fsdp" splits a leaf's largest
+  # divisible dimension over the fsdp axis when it has at least fsdp_min_size elements.
+  config.sharding = dict(rules=((".*", "fsdp"),), fsdp_min_size=2**12)
   return config

@@ -17,7 +17,7 @@ import ml_collections
 
 from mmjax import models, schema
 from mmjax.data import input_pipeline
-from mmjax.parallel import mesh as mesh_lib
+from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.train import checkpoints, loop, optimizers
 
 
@@ -33,6 +33,7 @@ def config_schema(config) -> dict:
       "optimizer": optimizers.CONFIG_SCHEMA,
       "train": loop.CONFIG_SCHEMA,
       "mesh": mesh_lib.CONFIG_SCHEMA,
+      "sharding": sharding.CONFIG_SCHEMA,
   }
 
 
@@ -58,11 +59,11 @@ def build(config) -> Run:
   return Run(config, data, family(config.model, data.spec, class_prompts=data.class_prompts()))
 
 
-def train(config, workdir: str) -> dict[str, float]:
+def train(config, workdir: str, devices=None) -> dict[str, float]:
   """Trains as `config` says in `workdir` (resuming if it holds checkpoints); returns the final
-  evaluation, also in ``workdir/eval.json``."""
+  evaluation, also in ``workdir/eval.json``. `devices` (default: all) are the mesh's devices."""
   run = build(config)
-  return loop.train(config, workdir, run.model, run.data)
+  return loop.train(config, workdir, run.model, run.data, devices)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -74,11 +75,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore(workdir: str, step: int | None = None):
-  """The built run of `workdir` and its training state at `step` (default: the latest checkpoint)."""
+def restore(workdir: str, step: int | None = None, devices=None):
+  """The built run of `workdir`, its trainer and its training state at `step`.
+
+  Args:
+    workdir: a run's workdir.
+    step: the checkpoint to load; default the latest.
+    devices: the devices to lay the state out on (default all); any topology can load a
+      checkpoint written on any other.
+  """
   config = load_config(workdir)
   run = build(config)
-  trainer = loop.Trainer(config, run.model, run.data)
+  trainer = loop.Trainer(config, run.model, run.data, devices)
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=None)
   try:
     step = checkpointer.latest_step() if step is None else step

@@ -13,6 +13,12 @@ sharding, checkpoints and logs. They meet here:
 
 A loss receives the training step, so schedules (KL annealing, lazy regularisers) live in the
 model, and an explicit PRNG key, so stochastic losses are reproducible.
+
+An objective whose loss couples samples only through per-sample embeddings (contrastive losses)
+may also give that split: ``loss = embedding_loss(params, embed(params, …), batch)``. With it,
+gradient accumulation stays exact: the embeddings of the whole accumulated batch are computed
+first without gradients, the loss and its gradient with respect to them once, and then each
+micro-batch is re-embedded with gradients — so every micro-batch sees all the others as negatives.
 """
 
 import dataclasses
@@ -24,6 +30,18 @@ import jax
 Batch = Mapping[str, Any]
 Variables = dict[str, Any]
 Metrics = dict[str, jax.Array]
+
+
+class EmbedFn(Protocol):
+
+  def __call__(self, params: Any, model_state: Variables, batch: Batch, rng: jax.Array) -> Any:
+    """Per-sample embeddings (any pytree of ``[B, …]`` arrays) of `batch`."""
+
+
+class EmbeddingLossFn(Protocol):
+
+  def __call__(self, params: Any, embeddings: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Returns ``(loss, metrics)`` of a batch from its embeddings."""
 
 
 class LossFn(Protocol):
@@ -47,11 +65,15 @@ class Objective:
     name: identifies the objective in metrics, optimizer configs and optimizer state.
     loss: the loss function.
     trains: names of the top-level parameter subtrees this objective updates; None means all.
+    embed: optional first half of `loss` (see the module docstring), with `embedding_loss`.
+    embedding_loss: optional second half of `loss`.
   """
 
   name: str
   loss: LossFn
   trains: tuple[str, ...] | None = None
+  embed: EmbedFn | None = None
+  embedding_loss: EmbeddingLossFn | None = None
 
 
 class Model(Protocol):

@@ -70,7 +70,9 @@ class ContrastiveModel:
         init_log_scale=init_log_scale if config.init_log_scale is None else config.init_log_scale,
         init_bias=(init_bias if config.init_bias is None else config.init_bias) if config.loss == "siglip" else None,
     )
-    self.objectives = (Objective("contrastive", self.loss),)
+    self.objectives = (
+        Objective("contrastive", self.loss, embed=self.embed_for_loss, embedding_loss=self.embedding_loss),
+    )
     self._embed = jax.jit(self._embed_batch)
     self.embed_text = jax.jit(self._embed_text)
     self.class_embeddings = jax.jit(self._class_embeddings)
@@ -89,22 +91,32 @@ class ContrastiveModel:
       )
     return losses.nt_xent_loss(image, text, self.config.nt_xent_temperature, mask=mask)
 
-  def loss(self, params, model_state, batch, rng, step):
-    del step  # no schedule inside the loss
+  def embed_for_loss(self, params, model_state, batch, rng) -> dict[str, jax.Array]:
+    """Training-mode embeddings of both modalities (the first half of `loss`)."""
+    del model_state  # the dual encoder has no mutable collections
     checks.check_modalities(batch, MODALITIES, "ContrastiveModel batch")
-    embeddings = self.module.apply(
+    return self.module.apply(
         {"params": params}, {m: batch[m] for m in MODALITIES}, train=True, rngs={"dropout": rng}
     )
+
+  def embedding_loss(self, params, embeddings: dict[str, jax.Array], batch) -> tuple[jax.Array, dict]:
+    """The contrastive loss and metrics of a batch from its embeddings (the second half of `loss`)."""
     mask = batch["present"]["image"] & batch["present"]["text"]
     loss = self.pair_loss(params, embeddings, mask)
     similarity = embeddings["image"] @ embeddings["text"].T
     target = jnp.arange(similarity.shape[0])
+    count = jnp.maximum(jnp.sum(mask), 1)
     metrics = {
-        "loss": loss,
         "logit_scale": losses.clamped_scale(params["log_scale"], self.config.max_scale),
-        "i2t_batch_accuracy": jnp.sum((jnp.argmax(similarity, 1) == target) & mask) / jnp.maximum(jnp.sum(mask), 1),
-        "t2i_batch_accuracy": jnp.sum((jnp.argmax(similarity, 0) == target) & mask) / jnp.maximum(jnp.sum(mask), 1),
+        "i2t_batch_accuracy": jnp.sum((jnp.argmax(similarity, 1) == target) & mask) / count,
+        "t2i_batch_accuracy": jnp.sum((jnp.argmax(similarity, 0) == target) & mask) / count,
     }
+    return loss, metrics
+
+  def loss(self, params, model_state, batch, rng, step):
+    del step  # no schedule inside the loss
+    embeddings = self.embed_for_loss(params, model_state, batch, rng)
+    loss, metrics = self.embedding_loss(params, embeddings, batch)
     return loss, (metrics, model_state)
 
   def _embed_batch(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:

@@ -10,15 +10,16 @@ and its evaluation (`mmjax.models.base.Model`), the data brings batches (`TrainD
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import grain
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.models.base import Batch, Model
-from mmjax.parallel import mesh as mesh_lib
+from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.schema import ConfigError, Field
 from mmjax.train import checkpoints, metric_writers, optimizers, step as step_lib
 
@@ -30,6 +31,7 @@ CONFIG_SCHEMA = {
     "keep_checkpoints": Field(int, low=1),
     "async_checkpointing": Field(bool),
     "eval_batch_size": Field(int, low=1),
+    "accumulation_steps": Field(int, low=1),
     "prefetch_threads": Field(int, low=0),
     "progress_bar": Field(bool),
 }
@@ -52,11 +54,19 @@ class Trainer:
   it directly to run steps without the loop.
   """
 
-  def __init__(self, config, model: Model, data: TrainData):
+  def __init__(self, config, model: Model, data: TrainData, devices: Sequence[jax.Device] | None = None):
+    """
+    Args:
+      config: the run's config.
+      model: the model family instance.
+      data: the dataset.
+      devices: the devices of the mesh; default all devices of all processes. A subset lets a
+        checkpoint written on one topology be restored and evaluated on another.
+    """
     self.config = config
     self.model = model
     self.data = data
-    self.mesh = mesh_lib.make_mesh(config.mesh)
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self._check_batch_sizes()
     self.optimizers, self.schedules = {}, {}
     for objective in model.objectives:
@@ -69,9 +79,19 @@ class Trainer:
     batch_spec = jax.eval_shape(lambda: self._global_batch_spec(self.train_dataset[0]))
     self._init = step_lib.make_init(model, self.optimizers, batch_spec)
     self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
-    self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(self.mesh), self.abstract_state)
+    self.state_sharding = sharding.tree_shardings(
+        self.abstract_state, self.mesh, config.sharding.rules, config.sharding.fsdp_min_size
+    )
+    micro_batch_sharding = NamedSharding(self.mesh, P(None, mesh_lib.BATCH_AXES))
     self.train_step = jax.jit(
-        step_lib.make_train_step(model, self.optimizers),
+        step_lib.make_train_step(
+            model,
+            self.optimizers,
+            config.train.accumulation_steps,
+            constrain=lambda tree: jax.lax.with_sharding_constraint(
+                tree, jax.tree.map(lambda _: micro_batch_sharding, tree)
+            ),
+        ),
         in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
         out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh)),
         donate_argnums=(0,),
@@ -79,13 +99,17 @@ class Trainer:
 
   def _check_batch_sizes(self) -> None:
     parallel = mesh_lib.data_parallel_size(self.mesh)
-    for name in ("data.batch_size", "train.eval_batch_size"):
-      section, key = name.split(".")
-      size = self.config[section][key]
-      if size % parallel or size % jax.process_count():
+    micro_batches = self.config.train.accumulation_steps
+    requirements = {
+        "data.batch_size": (self.config.data.batch_size, parallel * micro_batches),
+        "train.eval_batch_size": (self.config.train.eval_batch_size, parallel),
+    }
+    for name, (size, unit) in requirements.items():
+      if size % unit or size % jax.process_count():
         raise ConfigError(
-            f"{name} ({size}) must be divisible by the data-parallel mesh size ({parallel}) "
-            f"and the process count ({jax.process_count()})."
+            f"{name} ({size}) must be divisible by the data-parallel mesh size ({parallel})"
+            + (f" times train.accumulation_steps ({micro_batches})" if name == "data.batch_size" else "")
+            + f" and by the process count ({jax.process_count()})."
         )
 
   def _global_batch_spec(self, local_batch: Batch) -> Batch:
@@ -136,14 +160,19 @@ def prepare_workdir(workdir: str, config) -> str:
   return workdir
 
 
-def train(config, workdir: str, model: Model, data: TrainData) -> dict[str, float]:
+def train(
+    config, workdir: str, model: Model, data: TrainData, devices: Sequence[jax.Device] | None = None
+) -> dict[str, float]:
   """Trains `model` on `data` as `config` says, resuming from `workdir`'s latest checkpoint.
+
+  Args:
+    devices: the mesh's devices; default all devices of all processes.
 
   Returns:
     The final evaluation, also written to ``workdir/eval.json``.
   """
   workdir = prepare_workdir(workdir, config)
-  trainer = Trainer(config, model, data)
+  trainer = Trainer(config, model, data, devices)
   is_writer = jax.process_index() == 0
   num_steps = config.train.num_steps
 

@@ -77,15 +77,107 @@ def make_init(
   return init
 
 
+def split_micro_batches(batch: Batch, count: int) -> Batch:
+  """``[B, …]`` leaves → ``[count, B / count, …]``; micro-batch ``m`` takes rows ``m, m + count, …``.
+
+  Strided rather than contiguous rows, so that when the batch is split over devices every
+  micro-batch still has rows on every device.
+  """
+
+  def split(x):
+    if x.shape[0] % count:
+      raise ValueError(f"batch of {x.shape[0]} cannot be split into {count} equal micro-batches.")
+    return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def _merge_micro_batches(tree):
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def objective_value_and_grad(
+    objective: Objective,
+    params: dict[str, Any],
+    model_state: Any,
+    batch: Batch,
+    key: jax.Array,
+    step: jax.Array,
+    accumulation_steps: int = 1,
+    constrain: Callable[[Batch], Batch] = lambda tree: tree,
+):
+  """``((loss, (metrics, model_state)), grads)`` of one objective w.r.t. the parameters it trains.
+
+  With ``accumulation_steps > 1`` the batch is processed in that many micro-batches, so peak
+  activation memory is that of one micro-batch. Objectives that give the ``embed`` /
+  ``embedding_loss`` split get the exact gradient of the whole batch's loss (cached embeddings,
+  then per-micro-batch recomputation); others get the mean of the micro-batch gradients, with
+  mutable state threaded through the micro-batches in order.
+
+  Args:
+    constrain: applied to every micro-batch tree; the trainer uses it to keep micro-batches split
+      over the data-parallel devices.
+  """
+  trained = trained_subtree(objective, params)
+
+  def with_trained(subtree):
+    return {**params, **subtree}
+
+  if accumulation_steps == 1:
+    return jax.value_and_grad(
+        lambda subtree: objective.loss(with_trained(subtree), model_state, batch, key, step), has_aux=True
+    )(trained)
+
+  micro_batches = constrain(split_micro_batches(batch, accumulation_steps))
+  keys = jax.random.split(key, accumulation_steps)
+
+  if objective.embed is not None and objective.embedding_loss is not None:
+    embeddings = jax.lax.map(lambda xs: objective.embed(params, model_state, xs[0], xs[1]), (micro_batches, keys))
+    (loss, metrics), (direct_grads, embedding_grads) = jax.value_and_grad(
+        lambda subtree, e: objective.embedding_loss(with_trained(subtree), _merge_micro_batches(e), _merge_micro_batches(micro_batches)),
+        argnums=(0, 1),
+        has_aux=True,
+    )(trained, embeddings)
+
+    def backpropagate(accumulated, xs):
+      micro_batch, micro_key, cotangent = xs
+      _, pullback = jax.vjp(lambda subtree: objective.embed(with_trained(subtree), model_state, micro_batch, micro_key), trained)
+      return _add(accumulated, pullback(cotangent)[0]), None
+
+    zeros = jax.tree.map(jnp.zeros_like, trained)
+    encoder_grads, _ = jax.lax.scan(backpropagate, zeros, (micro_batches, keys, embedding_grads))
+    return (loss, (metrics, model_state)), _add(direct_grads, encoder_grads)
+
+  def accumulate(carry, xs):
+    state, total_grads = carry
+    micro_batch, micro_key = xs
+    (loss, (metrics, state)), grads = jax.value_and_grad(
+        lambda subtree: objective.loss(with_trained(subtree), state, micro_batch, micro_key, step), has_aux=True
+    )(trained)
+    return (state, _add(total_grads, grads)), (loss, metrics)
+
+  zeros = jax.tree.map(jnp.zeros_like, trained)
+  (model_state, grads), (losses, metrics) = jax.lax.scan(accumulate, (model_state, zeros), (micro_batches, keys))
+  mean = lambda tree: jax.tree.map(lambda x: x / accumulation_steps, tree)  # noqa: E731
+  return (jnp.mean(losses), (jax.tree.map(jnp.mean, metrics), model_state)), mean(grads)
+
+
 def make_train_step(
     model: Model,
     optimizers: Mapping[str, optax.GradientTransformation],
+    accumulation_steps: int = 1,
+    constrain: Callable[[Batch], Batch] = lambda tree: tree,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """``train_step(state, batch) -> (state, metrics)``: one update per objective, in order.
 
-  Each objective differentiates its loss with respect to its own parameters only and applies
-  its own optimizer; the next objective sees the updated parameters. Metrics are the objectives'
-  own metrics plus ``grad_norm``, prefixed with the objective name when there are several.
+  Each objective differentiates its loss with respect to its own parameters only (see
+  `objective_value_and_grad`) and applies its own optimizer; the next objective sees the updated
+  parameters. Metrics are the objectives' own metrics plus ``loss`` and ``grad_norm``, prefixed
+  with the objective name when there are several.
   """
   objectives = tuple(model.objectives)
 
@@ -94,17 +186,12 @@ def make_train_step(
     params, model_state, opt_state = state.params, state.model_state, dict(state.opt_state)
     metrics = {}
     for index, objective in enumerate(objectives):
-      trained = trained_subtree(objective, params)
-
-      def loss_of_trained(subtree, objective=objective, params=params, model_state=model_state, index=index):
-        return objective.loss(
-            {**params, **subtree}, model_state, batch, jax.random.fold_in(step_key, index), state.step
-        )
-
-      (loss, (objective_metrics, model_state)), grads = jax.value_and_grad(loss_of_trained, has_aux=True)(trained)
-      updates, opt_state[objective.name] = optimizers[objective.name].update(
-          grads, opt_state[objective.name], trained
+      (loss, (objective_metrics, model_state)), grads = objective_value_and_grad(
+          objective, params, model_state, batch, jax.random.fold_in(step_key, index), state.step,
+          accumulation_steps, constrain,
       )
+      trained = trained_subtree(objective, params)
+      updates, opt_state[objective.name] = optimizers[objective.name].update(grads, opt_state[objective.name], trained)
       params = {**params, **optax.apply_updates(trained, updates)}
       objective_metrics = {"loss": loss, **objective_metrics, "grad_norm": optax.tree.norm(grads)}
       prefix = "" if len(objectives) == 1 else f"{objective.name}/"

@@ -37,7 +37,6 @@ def test_loss_is_the_configured_contrastive_loss(built, loss):
       "nt_xent": lambda: losses.nt_xent_loss(image, text, 0.1),
   }[loss]()
   np.testing.assert_allclose(value, expected, rtol=1e-5)
-  assert metrics["loss"] == value
   assert ("bias" in params) == (loss == "siglip")
   np.testing.assert_allclose(params["log_scale"], np.log(10.0) if loss == "siglip" else (np.log(1 / 0.07) if loss == "clip" else 0.0), rtol=1e-6)
 

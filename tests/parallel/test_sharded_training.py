@@ -1,0 +1,69 @@
+"""Training on 8 simulated devices equals training on one; checkpoints move between topologies."""
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import experiment
+from mmjax.train import loop
+
+pytestmark = pytest.mark.multidevice
+
+
+def _assert_trees_close(a, b, rtol=1e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * float(np.abs(y).max()))
+
+
+def _one_step(config, devices):
+  run = experiment.build(config)
+  trainer = loop.Trainer(config, run.model, run.data, devices)
+  state = trainer.init_state(config.seed)
+  state, metrics = trainer.train_step(state, trainer.put(trainer.train_dataset[0]))
+  return trainer, state, metrics
+
+
+@pytest.mark.parametrize(
+    "mesh,accumulation_steps",
+    [
+        ({"data": 8, "fsdp": 1, "model": 1}, 1),
+        ({"data": 1, "fsdp": 8, "model": 1}, 1),
+        ({"data": 2, "fsdp": 4, "model": 1}, 2),
+    ],
+)
+def test_sharded_step_equals_the_single_device_step(small, mesh, accumulation_steps):
+  assert jax.device_count() == 8
+  config = small()
+  config.sharding.fsdp_min_size = 0
+  _, expected, expected_metrics = _one_step(config, jax.devices()[:1])
+
+  config.mesh.update(mesh)
+  config.train.accumulation_steps = accumulation_steps
+  trainer, state, metrics = _one_step(config, None)
+
+  np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-5)
+  _assert_trees_close(jax.device_get(state.params), jax.device_get(expected.params))
+  _assert_trees_close(jax.device_get(state.opt_state), jax.device_get(expected.opt_state))
+  specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
+  if mesh["fsdp"] > 1:
+    assert any("fsdp" in spec for spec in specs), specs  # parameters really are split
+    kernel = state.params["encoders_image"]["conv1"]["kernel"]
+    assert kernel.addressable_shards[0].data.size == kernel.size // mesh["fsdp"]
+  else:
+    assert specs == {"P()"}
+
+
+@pytest.mark.parametrize("written_on,restored_on", [(8, (1, 4)), (1, (8, 4))])
+def test_checkpoints_restore_onto_other_topologies(small, tmp_path, written_on, restored_on):
+  config = small(num_steps=3, checkpoint_every=3, eval_every=None)
+  config.mesh.update({"data": 1, "fsdp": -1, "model": 1})  # fsdp takes every device there is
+  config.sharding.fsdp_min_size = 0
+  experiment.train(config, str(tmp_path), devices=jax.devices()[:written_on])
+  _, _, written = experiment.restore(str(tmp_path), devices=jax.devices()[:written_on])
+  written = jax.device_get(written)
+  for count in restored_on:
+    _, trainer, restored = experiment.restore(str(tmp_path), devices=jax.devices()[:count])
+    assert trainer.mesh.devices.size == count
+    assert {d for leaf in jax.tree.leaves(restored) for d in leaf.devices()} == set(jax.devices()[:count])
+    for a, b in zip(jax.tree.leaves(written), jax.tree.leaves(jax.device_get(restored))):
+      np.testing.assert_array_equal(a, b)

@@ -1,0 +1,100 @@
+"""The generic train step: accumulation (exact for contrastive objectives), multiple objectives."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import experiment
+from mmjax.models.base import Objective
+from mmjax.train import step as step_lib
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  run = experiment.build(config)
+  batch = run.data.train_dataset(32, seed=0)[0]
+  params = jax.jit(run.model.init)(jax.random.key(0), batch)["params"]
+  return run.model, params, batch
+
+
+def _grads(objective, params, batch, accumulation_steps):
+  fn = jax.jit(
+      lambda p, b: step_lib.objective_value_and_grad(objective, p, {}, b, jax.random.key(3), jnp.int32(0), accumulation_steps)
+  )
+  return fn(params, batch)
+
+
+def _assert_trees_close(a, b, rtol=1e-5):
+  """Leafwise equal up to `rtol`, entries near zero judged against their leaf's largest entry."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * float(np.abs(y).max()))
+
+
+@pytest.mark.parametrize("accumulation_steps", [2, 4])
+def test_contrastive_accumulation_equals_the_full_batch_gradient(setup, accumulation_steps):
+  model, params, batch = setup
+  objective = model.objectives[0]
+  (loss, (metrics, _)), grads = _grads(objective, params, batch, 1)
+  (acc_loss, (acc_metrics, _)), acc_grads = _grads(objective, params, batch, accumulation_steps)
+  np.testing.assert_allclose(acc_loss, loss, rtol=1e-5)
+  # Batch accuracy is permutation invariant, so the metrics agree too.
+  np.testing.assert_allclose(acc_metrics["i2t_batch_accuracy"], metrics["i2t_batch_accuracy"], rtol=1e-6)
+  _assert_trees_close(acc_grads, grads)
+
+
+def test_ordinary_accumulation_averages_micro_batch_gradients(setup):
+  model, params, batch = setup
+  objective = dataclasses.replace(model.objectives[0], embed=None, embedding_loss=None)
+  (loss, _), grads = _grads(objective, params, batch, 4)
+  micro = step_lib.split_micro_batches(batch, 4)
+  keys = jax.random.split(jax.random.key(3), 4)
+  expected_losses, expected_grads = [], []
+  for m in range(4):
+    micro_batch = jax.tree.map(lambda x: x[m], micro)
+    (value, _), g = jax.jit(jax.value_and_grad(lambda p, b, k: objective.loss(p, {}, b, k, 0), has_aux=True))(
+        params, micro_batch, keys[m]
+    )
+    expected_losses.append(value)
+    expected_grads.append(g)
+  np.testing.assert_allclose(loss, np.mean(expected_losses), rtol=1e-5)
+  _assert_trees_close(grads, jax.tree.map(lambda *g: sum(g) / 4, *expected_grads))
+  # Negatives stay inside a micro-batch here, so this is not the full-batch gradient.
+  (full_loss, _), _ = _grads(model.objectives[0], params, batch, 1)
+  assert abs(float(full_loss) - float(loss)) > 1e-3
+
+
+def test_micro_batches_take_strided_rows():
+  batch = {"x": jnp.arange(8)}
+  np.testing.assert_array_equal(step_lib.split_micro_batches(batch, 2)["x"], [[0, 2, 4, 6], [1, 3, 5, 7]])
+  with pytest.raises(ValueError, match="batch of 8 cannot be split into 3 equal micro-batches"):
+    step_lib.split_micro_batches(batch, 3)
+
+
+def test_objectives_update_only_their_parameters_in_order():
+  """Two objectives, GAN style: the second sees the first one's update within the same step."""
+  import optax
+
+  class TwoPlayers:
+    def __init__(self):
+      self.objectives = (
+          Objective("first", lambda p, s, b, r, t: (jnp.sum((p["a"] - 1.0) ** 2), ({}, s)), trains=("a",)),
+          Objective("second", lambda p, s, b, r, t: (jnp.sum((p["b"] - p["a"]) ** 2), ({}, s)), trains=("b",)),
+      )
+
+    def init(self, rng, batch):
+      return {"params": {"a": jnp.zeros(()), "b": jnp.zeros(())}}
+
+  model = TwoPlayers()
+  optimizers = {"first": optax.sgd(0.5), "second": optax.sgd(0.5)}
+  state = step_lib.make_init(model, optimizers, {"x": jax.ShapeDtypeStruct((2,), jnp.float32)})(jax.random.key(0))
+  state, metrics = jax.jit(step_lib.make_train_step(model, optimizers))(state, {"x": jnp.zeros(2)})
+  # first: a = 0 - 0.5 * 2 * (0 - 1) = 1; second then sees a = 1: b = 0 - 0.5 * 2 * (0 - 1) = 1.
+  assert float(state.params["a"]) == 1.0 and float(state.params["b"]) == 1.0
+  assert set(metrics) == {"first/loss", "first/grad_norm", "second/loss", "second/grad_norm", "loss"}
+  assert float(metrics["second/loss"]) == 1.0
