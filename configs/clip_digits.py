@@ -69,4 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   # First matching (regex on the state path, action) wins; "fsdp" splits a leaf's largest
   # divisible dimension over the fsdp axis when it has at least fsdp_min_size elements.
   config.sharding = dict(rules=((".*", "fsdp"),), fsdp_min_size=2**12)
+  # Multi-process runs; the MMJAX_* environment variables override these (docs/scaling.md).
+  config.distributed = dict(
+      enabled=False, coordinator_address="", num_processes=0, process_id=-1, cpu_collectives="gloo"
+  )
   return config

@@ -17,7 +17,7 @@ import ml_collections
 
 from mmjax import models, schema
 from mmjax.data import input_pipeline
-from mmjax.parallel import mesh as mesh_lib, sharding
+from mmjax.parallel import distributed, mesh as mesh_lib, sharding
 from mmjax.train import checkpoints, loop, optimizers
 
 
@@ -34,6 +34,7 @@ def config_schema(config) -> dict:
       "train": loop.CONFIG_SCHEMA,
       "mesh": mesh_lib.CONFIG_SCHEMA,
       "sharding": sharding.CONFIG_SCHEMA,
+      "distributed": distributed.CONFIG_SCHEMA,
   }
 
 
@@ -52,8 +53,10 @@ class Run:
 
 
 def build(config) -> Run:
-  """Validates `config`, then loads its data and builds its model."""
+  """Validates `config`, joins the run's other processes if it has several, then loads its data
+  and builds its model."""
   validate_config(config)
+  distributed.initialize(config.distributed)
   data = input_pipeline.from_config(config.data)
   family = models.FAMILIES[config.model.name][0]
   return Run(config, data, family(config.model, data.spec, class_prompts=data.class_prompts()))
@@ -72,10 +75,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an mmjax run?")
   with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  # How processes connect belongs to a launch, not to the run (it names one process's id):
+  # a restored run takes it from the environment (MMJAX_* variables) instead.
+  config.distributed.update({"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1})
+  return config
 
 
-def restore(workdir: str, step: int | None = None, devices=None):
+def restore(workdir: str, step: int | None = None, devices=None, mesh: dict | None = None):
   """The built run of `workdir`, its trainer and its training state at `step`.
 
   Args:
@@ -83,8 +90,11 @@ def restore(workdir: str, step: int | None = None, devices=None):
     step: the checkpoint to load; default the latest.
     devices: the devices to lay the state out on (default all); any topology can load a
       checkpoint written on any other.
+    mesh: axis sizes replacing the run's ``config.mesh``, for devices its mesh does not fit.
   """
   config = load_config(workdir)
+  if mesh is not None:
+    config.mesh.update(mesh)
   run = build(config)
   trainer = loop.Trainer(config, run.model, run.data, devices)
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=None)
@@ -100,9 +110,12 @@ def restore(workdir: str, step: int | None = None, devices=None):
   return run, trainer, state
 
 
-def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
-  """Evaluates the checkpoint of `workdir` at `step` (default: latest); writes ``eval.json``."""
-  _, trainer, state = restore(workdir, step)
+def evaluate(workdir: str, step: int | None = None, devices=None, mesh: dict | None = None) -> dict[str, float]:
+  """Evaluates the checkpoint of `workdir` at `step` (default: latest); writes ``eval.json``.
+
+  `devices` and `mesh` are as in `restore`.
+  """
+  _, trainer, state = restore(workdir, step, devices, mesh)
   metrics = {"step": int(state.step), **trainer.evaluate(state)}
   with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2)

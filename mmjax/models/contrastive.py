@@ -17,6 +17,7 @@ from mmjax.data.input_pipeline import DataSpec
 from mmjax.models import encoder_configs
 from mmjax.models.base import Batch, Objective, Variables
 from mmjax.models.dual_encoder import DualEncoder
+from mmjax.parallel import distributed
 from mmjax.schema import ConfigError, Field
 
 MODALITIES = ("image", "text")
@@ -133,17 +134,19 @@ class ContrastiveModel:
     return evaluation.class_embeddings(embedded.reshape(classes, templates, -1))
 
   def embed(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, np.ndarray]:
-    """Embeddings, labels and tokens of every present example of `batches`, on the host."""
+    """Embeddings, labels and tokens of every present example of `batches`, on the host.
+
+    Works with batches sharded over several processes: every process gets the whole result.
+    """
     parts = []
     for batch in batches:
       embeddings = self._embed(variables, batch)
-      keep = np.asarray(batch["present"]["image"]) & np.asarray(batch["present"]["text"])
-      parts.append({
-          "image": np.asarray(embeddings["image"])[keep],
-          "text": np.asarray(embeddings["text"])[keep],
-          "label": np.asarray(batch["label"])[keep],
-          "tokens": np.asarray(batch["text"])[keep],
+      fetched = distributed.to_host({
+          "image": embeddings["image"], "text": embeddings["text"], "label": batch["label"], "tokens": batch["text"],
+          "keep": batch["present"]["image"] & batch["present"]["text"],
       })
+      keep = fetched.pop("keep")
+      parts.append({key: value[keep] for key, value in fetched.items()})
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
@@ -157,6 +160,8 @@ class ContrastiveModel:
     metrics = evaluation.retrieval_metrics(embedded["image"], embedded["text"], caption_groups.reshape(-1))
     if self.class_prompts is not None:
       classes = self.class_embeddings(variables, self.class_prompts)
-      metrics["zeroshot_top1"] = float(evaluation.zero_shot_accuracy(embedded["image"], classes, embedded["label"]))
+      metrics["zeroshot_top1"] = float(
+          evaluation.zero_shot_accuracy(embedded["image"], distributed.to_host(classes), embedded["label"])
+      )
     metrics["num_examples"] = int(len(embedded["label"]))
     return metrics

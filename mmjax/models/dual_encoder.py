@@ -1,5 +1,6 @@
 """Dual (two-tower) encoder: one encoder per modality into a shared, normalised embedding space."""
 
+import math
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -39,7 +40,7 @@ class DualEncoder(nn.Module):
 
   encoders: Mapping[str, nn.Module]
   input_shapes: Mapping[str, tuple[int, ...]] | None = None
-  init_log_scale: float = float(jnp.log(1 / 0.07))
+  init_log_scale: float = math.log(1 / 0.07)
   init_bias: float | None = None
 
   def setup(self):
