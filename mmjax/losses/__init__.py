@@ -1,5 +1,6 @@
 """Losses as pure functions (optax style): one module per family."""
 
+from mmjax.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from mmjax.losses.contrastive import clamped_scale, clip_loss, nt_xent_loss, siglip_loss
 
-__all__ = ["clamped_scale", "clip_loss", "nt_xent_loss", "siglip_loss"]
+__all__ = ["chunked_clip_loss", "chunked_siglip_loss", "clamped_scale", "clip_loss", "nt_xent_loss", "siglip_loss"]

@@ -6,15 +6,26 @@ float32 whatever the input dtype, accept an optional per-sample ``mask`` (rows t
 take part neither as anchors nor as negatives), and are pure functions: use them under `jit`,
 `grad` and `vmap` (over a leading axis of independent problems).
 
+With an `axis_name`, ``clip_loss`` and ``siglip_loss`` run per device, under `jax.shard_map` or
+`jax.pmap`, on the local rows of a batch split over that mesh axis (or tuple of axes), and return
+the loss of the global batch on every device. Under `shard_map` with a replicated output
+(``out_specs=P()``), `jax.grad` of the mapped function equals the gradient of the dense loss on
+the global arrays. Under `pmap`, `jax.grad` inside the mapped function differentiates the sum of
+the per-device outputs, that is P identical copies of the loss: averaging the gradients of
+replicated parameters with `jax.lax.pmean`, the usual `pmap` recipe, gives the dense gradient.
+
 ``clip_loss`` and ``siglip_loss`` use dot products and expect L2-normalised embeddings, as the
 dual-encoder models produce them; ``nt_xent_loss`` normalises its inputs itself, as its definition
 (cosine similarity) says.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from mmjax import checks
+from mmjax.losses.blockwise import AxisName, sigmoid_pair_sum
 from mmjax.numerics import l2_normalize
 
 # CLIP initialises the learnable logit scale at 1/0.07 and clamps it at 100 (Radford et al. 2021);
@@ -57,8 +68,15 @@ def _valid(mask, size: int) -> jax.Array:
   return jnp.ones((size,), jnp.bool_) if mask is None else mask
 
 
-def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
-  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+def _mean(total: jax.Array, count: jax.Array, axis_name: AxisName | None) -> jax.Array:
+  """``total / count``, both first summed over the devices of `axis_name` when given."""
+  if axis_name is not None:
+    total, count = jax.lax.psum((total, count), axis_name)
+  return total / jnp.maximum(count, 1)
+
+
+def _masked_mean(values: jax.Array, valid: jax.Array, axis_name: AxisName | None = None) -> jax.Array:
+  return _mean(jnp.sum(jnp.where(valid, values, 0.0)), jnp.sum(valid), axis_name)
 
 
 def _exclude_columns(logits: jax.Array, keep: jax.Array) -> jax.Array:
@@ -74,6 +92,7 @@ def clip_loss(
     *,
     max_scale: float | None = DEFAULT_MAX_SCALE,
     mask: jax.Array | None = None,
+    axis_name: AxisName | None = None,
 ) -> jax.Array:
   """Symmetric InfoNCE loss of CLIP.
 
@@ -89,30 +108,63 @@ def clip_loss(
       ``log(1 / 0.07)``).
     max_scale: clamp on ``exp(log_scale)`` (CLIP: 100); None disables the clamp.
     mask: optional ``bool[B]``; False rows are neither anchors nor negatives.
+    axis_name: the mesh axis (or tuple of axes) the batch is split over, when called per device
+      under `jax.shard_map` or `jax.pmap` with the local ``B`` rows. Each device gathers both
+      modalities (gradients flow back through the gather) and scores only its own rows, in both
+      directions, against the global batch: memory is O(local batch × global batch).
 
   Returns:
-    The scalar loss (float32), averaged over the unmasked pairs.
+    The scalar loss (float32), averaged over the unmasked pairs (of the global batch, with
+    `axis_name`).
 
   References:
     Radford et al., Learning Transferable Visual Models From Natural Language Supervision, 2021.
     van den Oord et al., Representation Learning with Contrastive Predictive Coding, 2018.
+    Ilharco et al., OpenCLIP, 2021: ``--local-loss --gather-with-grad`` is the `axis_name` path.
 
   >>> emb = jnp.eye(3)
   >>> round(float(clip_loss(emb, emb, jnp.log(10.0))), 4)
   0.0001
   >>> round(float(clip_loss(emb, emb[::-1], jnp.log(10.0))), 4)
   6.6668
+
+  Per device, over a mesh (here of the one device there is):
+
+  >>> from jax.sharding import PartitionSpec as P
+  >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  >>> local = functools.partial(clip_loss, axis_name="data")
+  >>> mapped = jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P()), out_specs=P())
+  >>> round(float(mapped(emb, emb[::-1], jnp.log(10.0))), 4)
+  6.6668
   """
   _check_pair("clip_loss", image_embeddings, text_embeddings, mask, ("image", "text"))
   _check_scalar("clip_loss", "log_scale", log_scale)
   valid = _valid(mask, image_embeddings.shape[0])
   scale = clamped_scale(log_scale, max_scale)
+  if axis_name is not None:
+    return _gathered_clip_loss(image_embeddings, text_embeddings, scale, valid, axis_name)
   logits = scale * jnp.matmul(
       image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32).T
   )
   image_to_text = -jnp.diagonal(jax.nn.log_softmax(_exclude_columns(logits, valid[None, :]), axis=1))
   text_to_image = -jnp.diagonal(jax.nn.log_softmax(_exclude_columns(logits, valid[:, None]), axis=0))
   return 0.5 * (_masked_mean(image_to_text, valid) + _masked_mean(text_to_image, valid))
+
+
+def _gathered_clip_loss(image, text, scale, valid, axis_name: AxisName) -> jax.Array:
+  size = image.shape[0]
+  image, text = image.astype(jnp.float32), text.astype(jnp.float32)
+  gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+  candidate_valid = gather(valid)
+  targets = jax.lax.axis_index(axis_name) * size + jnp.arange(size)
+
+  def cross_entropy(anchors: jax.Array, candidates: jax.Array) -> jax.Array:
+    logits = _exclude_columns(scale * jnp.matmul(anchors, candidates.T), candidate_valid[None, :])
+    log_probs = jax.nn.log_softmax(logits, axis=1)
+    return -jnp.take_along_axis(log_probs, targets[:, None], axis=1)[:, 0]
+
+  per_row = cross_entropy(image, gather(text)) + cross_entropy(text, gather(image))
+  return 0.5 * _masked_mean(per_row, valid, axis_name)
 
 
 def siglip_loss(
@@ -123,6 +175,7 @@ def siglip_loss(
     *,
     max_scale: float | None = DEFAULT_MAX_SCALE,
     mask: jax.Array | None = None,
+    axis_name: AxisName | None = None,
 ) -> jax.Array:
   """Pairwise sigmoid loss of SigLIP.
 
@@ -136,9 +189,14 @@ def siglip_loss(
     bias: scalar logit bias (SigLIP initialises it at -10).
     max_scale: clamp on ``exp(log_scale)``; None disables it.
     mask: optional ``bool[B]``; False rows and columns are left out.
+    axis_name: the mesh axis (or tuple of axes) the batch is split over, when called per device
+      under `jax.shard_map` or `jax.pmap` with the local ``B`` rows. The text blocks then travel
+      around a ring of devices (`jax.lax.ppermute`), each device scoring its images against one
+      block at a time, forward and backward: memory is O(local batch²), whatever the number of
+      devices.
 
   Returns:
-    The scalar loss (float32).
+    The scalar loss (float32), of the global batch with `axis_name`.
 
   References:
     Zhai et al., Sigmoid Loss for Language Image Pre-Training, 2023.
@@ -146,12 +204,25 @@ def siglip_loss(
   >>> emb = jnp.eye(3)
   >>> round(float(siglip_loss(emb, emb, jnp.log(10.0), jnp.float32(-10.0))), 4)
   0.6932
+
+  Per device, over a mesh (here of the one device there is):
+
+  >>> from jax.sharding import PartitionSpec as P
+  >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  >>> local = functools.partial(siglip_loss, axis_name="data")
+  >>> mapped = jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P())
+  >>> round(float(mapped(emb, emb, jnp.log(10.0), jnp.float32(-10.0))), 4)
+  0.6932
   """
   _check_pair("siglip_loss", image_embeddings, text_embeddings, mask, ("image", "text"))
   _check_scalar("siglip_loss", "log_scale", log_scale)
   _check_scalar("siglip_loss", "bias", bias)
   size = image_embeddings.shape[0]
   valid = _valid(mask, size)
+  if axis_name is not None:
+    # One chunk per ring step: each step is the dense block of local images × visiting texts.
+    scale = clamped_scale(log_scale, max_scale)
+    return _blockwise_siglip_loss(image_embeddings, text_embeddings, scale, bias, valid, size, axis_name)
   logits = clamped_scale(log_scale, max_scale) * jnp.matmul(
       image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32).T
   ) + jnp.asarray(bias, jnp.float32)
@@ -159,6 +230,13 @@ def siglip_loss(
   pair_loss = -jax.nn.log_sigmoid(labels * logits)
   pairs = valid[:, None] & valid[None, :]
   return jnp.sum(jnp.where(pairs, pair_loss, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _blockwise_siglip_loss(image, text, scale, bias, valid, chunk_size: int, axis_name) -> jax.Array:
+  """SigLIP through `blockwise.sigmoid_pair_sum`: rows in chunks, text blocks around a ring."""
+  image, text, bias = image.astype(jnp.float32), text.astype(jnp.float32), jnp.asarray(bias, jnp.float32)
+  total = sigmoid_pair_sum(image, text, scale, bias, valid, valid, chunk_size=chunk_size, axis_name=axis_name)
+  return _mean(total, jnp.sum(valid), axis_name)
 
 
 def nt_xent_loss(

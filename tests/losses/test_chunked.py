@@ -1,0 +1,132 @@
+"""Chunked CLIP and SigLIP against the dense losses: same value and gradients, in O(B · chunk) memory."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import losses
+
+# Each case: the dense loss and its chunked twin, with the scalar arguments they take.
+CASES = {
+    "clip": (losses.clip_loss, losses.chunked_clip_loss, (np.log(1 / 0.07),)),
+    "siglip": (losses.siglip_loss, losses.chunked_siglip_loss, (np.log(10.0), -10.0)),
+}
+
+
+def _normalised(rng, shape):
+  x = rng.normal(size=shape)
+  return jnp.asarray(x / np.linalg.norm(x, axis=-1, keepdims=True), jnp.float32)
+
+
+def _inputs(name, batch, dim=6, seed=0):
+  rng = np.random.default_rng(seed)
+  scalars = tuple(jnp.float32(value) for value in CASES[name][2])
+  return (_normalised(rng, (batch, dim)), _normalised(rng, (batch, dim)), *scalars)
+
+
+def assert_close(got, want):
+  """Within 1e-5, relative to the largest entry of `want` (float32 sums of up to B · B terms)."""
+  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    want_leaf = np.asarray(want_leaf)
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5 * max(np.max(np.abs(want_leaf)), 1e-3))
+
+
+def _value_and_grads(loss, args, **kwargs):
+  return jax.jit(jax.value_and_grad(functools.partial(loss, **kwargs), argnums=tuple(range(len(args)))))(*args)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch,chunk_size", [(37, 8), (37, 1), (37, 64), (16, 16), (1, 4)])
+def test_value_and_gradients_equal_dense(name, batch, chunk_size):
+  dense, chunked, _ = CASES[name]
+  args = _inputs(name, batch)
+  assert_close(_value_and_grads(chunked, args, chunk_size=chunk_size), _value_and_grads(dense, args))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("chunk_size", [3, 8])
+def test_mask_matches_dense_and_ignores_padding_rows(name, chunk_size):
+  dense, chunked, _ = CASES[name]
+  image, text, *scalars = _inputs(name, 20, seed=1)
+  keep = np.random.default_rng(2).random(20) < 0.6
+  # Masked rows hold garbage; it must reach neither the value nor the gradients.
+  image, text = image.at[~keep].set(1e4), text.at[~keep].set(-1e4)
+  args = (image, text, *scalars)
+  got = _value_and_grads(chunked, args, chunk_size=chunk_size, mask=jnp.asarray(keep))
+  assert_close(got, _value_and_grads(dense, args, mask=jnp.asarray(keep)))
+  for grad in got[1][:2]:
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~keep] == 0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scale_beyond_clamp_has_zero_gradient_like_dense(name):
+  dense, chunked, _ = CASES[name]
+  image, text, _, *bias = _inputs(name, 12)
+  args = (image, text, jnp.float32(np.log(200.0)), *bias)
+  got = _value_and_grads(chunked, args, chunk_size=5)
+  assert_close(got, _value_and_grads(dense, args))
+  assert float(got[1][2]) == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vmap_over_independent_problems(name):
+  dense, chunked, scalars = CASES[name]
+  rng = np.random.default_rng(3)
+  image, text = _normalised(rng, (3, 11, 5)), _normalised(rng, (3, 11, 5))
+  scalars = tuple(jnp.full((3,), value, jnp.float32) for value in scalars)
+  grad = lambda loss, **kwargs: jax.vmap(jax.value_and_grad(functools.partial(loss, **kwargs), argnums=(0, 1)))
+  assert_close(grad(chunked, chunk_size=4)(image, text, *scalars), grad(dense)(image, text, *scalars))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bfloat16_inputs_give_float32_loss(name):
+  dense, chunked, _ = CASES[name]
+  image, text, *scalars = _inputs(name, 10)
+  got = chunked(image.astype(jnp.bfloat16), text.astype(jnp.bfloat16), *scalars, chunk_size=4)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, dense(image, text, *scalars), rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_memory_grows_with_chunk_not_with_batch_squared(name):
+  dense, chunked, num_scalars = CASES[name][0], CASES[name][1], len(CASES[name][2])
+  batch, chunk_size, dim = 2048, 64, 8
+  shapes = (jax.ShapeDtypeStruct((batch, dim), jnp.float32),) * 2 + (jax.ShapeDtypeStruct((), jnp.float32),) * num_scalars
+
+  def temp_bytes(loss):
+    step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(shapes)))))
+    return step.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = batch * batch * 4
+  assert temp_bytes(dense) >= logits_bytes
+  # A handful of [chunk, B] float32 buffers, against at least one [B, B] for the dense loss.
+  assert temp_bytes(functools.partial(chunked, chunk_size=chunk_size)) < 8 * chunk_size * batch * 4 < logits_bytes / 2
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda: losses.chunked_clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 6)), 0.0),
+            r"chunked_clip_loss: 'text' embeddings: expected shape \(B, D\) with B=4, D=8, got \(4, 6\)",
+        ),
+        (
+            lambda: losses.chunked_siglip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, jnp.zeros(4)),
+            r"chunked_siglip_loss: bias: expected shape \(\), got \(4,\)",
+        ),
+        (
+            lambda: losses.chunked_clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, mask=jnp.ones(3, bool)),
+            r"chunked_clip_loss: mask: expected shape \(B,\) with B=4, got \(3,\)",
+        ),
+        (
+            lambda: losses.chunked_siglip_loss(jnp.zeros((4, 8), jnp.int32), jnp.zeros((4, 8)), 0.0, 0.0),
+            r"chunked_siglip_loss: 'image' embeddings: expected a float array",
+        ),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
