@@ -13,8 +13,9 @@ for what the gradients are under each):
 
 * CLIP gathers the texts (gradients flow back through the gather), computes the log-sum-exps of
   its image rows and its partial column log-sum-exps in chunks, and combines the column ones
-  across devices (`jax.lax.pmax` and `jax.lax.psum_scatter`, O(B) numbers): three matrix products
-  of ``local × global`` per device, where gathering both modalities costs six.
+  across devices (`jax.lax.pmax` and `jax.lax.psum_scatter`, O(B) numbers): with the gradients,
+  four matrix products of ``local × global`` per device, where ``clip_loss`` with `axis_name`
+  (both modalities gathered, autodiff) costs six.
 * SigLIP passes the text blocks around a ring of devices, each ring step itself chunked.
 """
 

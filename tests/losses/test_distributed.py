@@ -56,22 +56,33 @@ MESHES = {
 }
 
 
-@pytest.mark.parametrize("mesh_name", sorted(MESHES))
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_shard_map_equals_dense_global_loss(name, masked, mesh_name):
+def _shard_map_value_and_grads(name, mesh_name, image, text, scalars, mask, check_vma=True):
   shape, axes, axis_name = MESHES[mesh_name]
   mesh = jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
-  image, text, scalars, mask = _inputs(name)
-  mask = mask if masked else jnp.ones(GLOBAL_BATCH, bool)
 
   def per_device(image, text, mask, *scalars):
     return CASES[name][0](image, text, *scalars, mask=mask, axis_name=axis_name)
 
   in_specs = (P(axis_name), P(axis_name), P(axis_name)) + (P(),) * len(scalars)
-  global_loss = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P())
+  global_loss = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=check_vma)
   argnums = (0, 1) + tuple(range(3, 3 + len(scalars)))
-  got = jax.jit(jax.value_and_grad(global_loss, argnums=argnums))(image, text, mask, *scalars)
+  return jax.jit(jax.value_and_grad(global_loss, argnums=argnums))(image, text, mask, *scalars)
+
+
+@pytest.mark.parametrize("mesh_name", sorted(MESHES))
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shard_map_equals_dense_global_loss(name, masked, mesh_name):
+  image, text, scalars, mask = _inputs(name)
+  mask = mask if masked else jnp.ones(GLOBAL_BATCH, bool)
+  got = _shard_map_value_and_grads(name, mesh_name, image, text, scalars, mask)
+  assert_close(got, _dense_value_and_grads(name, image, text, scalars, mask))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shard_map_without_vma_checks_equals_dense_global_loss(name):
+  image, text, scalars, mask = _inputs(name, seed=2)
+  got = _shard_map_value_and_grads(name, "1d", image, text, scalars, mask, check_vma=False)
   assert_close(got, _dense_value_and_grads(name, image, text, scalars, mask))
 
 
