@@ -37,13 +37,6 @@ def _inputs(name, seed=0):
   return normalise(image), normalise(text), scalars, mask
 
 
-def assert_close(got, want):
-  """Within 1e-5, relative to the largest entry of `want`."""
-  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    want_leaf = np.asarray(want_leaf)
-    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5 * max(np.max(np.abs(want_leaf)), 1e-3))
-
-
 def _dense_value_and_grads(name, image, text, scalars, mask):
   dense = lambda image, text, *scalars: CASES[name][1](image, text, *scalars, mask=mask)
   return jax.jit(jax.value_and_grad(dense, argnums=tuple(range(2 + len(scalars)))))(image, text, *scalars)
@@ -72,7 +65,7 @@ def _shard_map_value_and_grads(name, mesh_name, image, text, scalars, mask, chec
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_shard_map_equals_dense_global_loss(name, masked, mesh_name):
+def test_shard_map_equals_dense_global_loss(name, masked, mesh_name, assert_close):
   image, text, scalars, mask = _inputs(name)
   mask = mask if masked else jnp.ones(GLOBAL_BATCH, bool)
   got = _shard_map_value_and_grads(name, mesh_name, image, text, scalars, mask)
@@ -80,14 +73,14 @@ def test_shard_map_equals_dense_global_loss(name, masked, mesh_name):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_shard_map_without_vma_checks_equals_dense_global_loss(name):
+def test_shard_map_without_vma_checks_equals_dense_global_loss(name, assert_close):
   image, text, scalars, mask = _inputs(name, seed=2)
   got = _shard_map_value_and_grads(name, "1d", image, text, scalars, mask, check_vma=False)
   assert_close(got, _dense_value_and_grads(name, image, text, scalars, mask))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_pmap_gives_global_loss_and_the_pmap_gradient_convention(name):
+def test_pmap_gives_global_loss_and_the_pmap_gradient_convention(name, assert_close):
   image, text, scalars, mask = _inputs(name, seed=1)
   split = lambda x: x.reshape(DEVICES, GLOBAL_BATCH // DEVICES, *x.shape[1:])
 

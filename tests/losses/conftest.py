@@ -1,0 +1,21 @@
+"""Fixtures shared by the loss tests."""
+
+import jax
+import numpy as np
+import pytest
+
+
+def _assert_close(got, want) -> None:
+  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    want_leaf = np.asarray(want_leaf)
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5 * max(np.max(np.abs(want_leaf)), 1e-3))
+
+
+@pytest.fixture
+def assert_close():
+  """Asserts two pytrees equal within 1e-5, relative to the largest entry of each expected leaf.
+
+  float32 losses sum up to B² terms, so a tolerance relative to each entry would fail on the
+  gradient entries that are nearly zero.
+  """
+  return _assert_close
