@@ -10,6 +10,21 @@ from mmjax import checks
 from mmjax.encoders import layers
 
 
+class ConvStage(nn.Module):
+  """``conv → norm → gelu``: one stage of `ConvEncoder`."""
+
+  channels: int
+  stride: int
+  kernel_size: int
+  norm: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.channels, (self.kernel_size,) * 2, strides=self.stride, dtype=self.dtype, name="conv")(x)
+    return nn.gelu(layers.make_norm(self.norm, self.dtype, name="norm")(x))
+
+
 class ConvEncoder(nn.Module):
   """A stack of convolutions, global average pooling and a linear projection.
 
@@ -21,6 +36,7 @@ class ConvEncoder(nn.Module):
     strides: stride of each convolution (same length as `channels`).
     kernel_size: square kernel size of every convolution.
     norm: a name in `layers.NORMS`.
+    remat: recompute each stage in the backward pass instead of storing its activations.
     dtype: computation dtype (parameters stay float32).
 
   >>> encoder = ConvEncoder(features=16, channels=(8, 16), strides=(1, 2))
@@ -35,6 +51,7 @@ class ConvEncoder(nn.Module):
   strides: Sequence[int] = (1, 2, 2)
   kernel_size: int = 3
   norm: str = "layer"
+  remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -47,9 +64,8 @@ class ConvEncoder(nn.Module):
       )
     checks.check_shape("ConvEncoder: images", images, (None, None, None, None))
     x = images.astype(self.dtype)
-    for stage, (channels, stride) in enumerate(zip(self.channels, self.strides)):
-      x = nn.Conv(channels, (self.kernel_size,) * 2, strides=stride, dtype=self.dtype, name=f"conv{stage}")(x)
-      x = layers.make_norm(self.norm, self.dtype, name=f"norm{stage}")(x)
-      x = nn.gelu(x)
+    stage = nn.remat(ConvStage) if self.remat else ConvStage
+    for index, (channels, stride) in enumerate(zip(self.channels, self.strides)):
+      x = stage(channels, stride, self.kernel_size, self.norm, self.dtype, name=f"stage{index}")(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.features, dtype=self.dtype, name="projection")(x)

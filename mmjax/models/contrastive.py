@@ -5,23 +5,28 @@ so that paired embeddings score higher than unpaired ones; evaluated by zero-sho
 from class prompts and by retrieval in both directions.
 """
 
+import functools
 import math
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from mmjax import checks, eval as evaluation, losses
 from mmjax.data.input_pipeline import DataSpec
 from mmjax.models import encoder_configs
 from mmjax.models.base import Batch, Objective, Variables
 from mmjax.models.dual_encoder import DualEncoder
-from mmjax.parallel import distributed
+from mmjax.parallel import distributed, mesh as mesh_lib
 from mmjax.schema import ConfigError, Field
 
 MODALITIES = ("image", "text")
 LOSSES = ("clip", "siglip", "nt_xent")
+# "global": the loss of the global arrays, laid out by XLA; "local": every device computes its own
+# rows (gather / ring exchange under shard_map), memory linear in the local batch.
+LOSS_SHARDINGS = ("global", "local")
 # Initial logit scale and bias when the config leaves them unset, as the papers set them.
 DEFAULT_INIT = {"clip": (math.log(1 / 0.07), None), "siglip": (math.log(10.0), -10.0), "nt_xent": (0.0, None)}
 
@@ -37,6 +42,8 @@ CONFIG_SCHEMA = {
     "init_bias": Field(float, nullable=True),
     "max_scale": Field(float, low=1.0, nullable=True),
     "nt_xent_temperature": Field(float, low=1e-6),
+    "loss_sharding": Field(str, choices=LOSS_SHARDINGS),
+    "loss_chunk_size": Field(int, low=0),
     "dtype": Field(str, choices=tuple(encoder_configs.DTYPES)),
     "remat": Field(bool),
 }
@@ -56,13 +63,18 @@ class ContrastiveModel:
     checks.check_modalities(spec.modalities, MODALITIES, "ContrastiveModel data")
     if config.loss not in LOSSES:
       raise ConfigError(f"Unknown loss {config.loss!r}; valid choices: {list(LOSSES)}.")
+    if config.loss == "nt_xent" and (config.loss_sharding != "global" or config.loss_chunk_size):
+      raise ConfigError(
+          "model.loss 'nt_xent' has no local or chunked form; use loss_sharding='global' and "
+          "loss_chunk_size=0, or loss 'clip' or 'siglip'."
+      )
     self.config = config
     self.class_prompts = class_prompts
     init_log_scale, init_bias = DEFAULT_INIT[config.loss]
     text_length = spec.modalities["text"].shape[0]
     self.module = DualEncoder(
         encoders={
-            "image": encoder_configs.conv_encoder(config.image_encoder, config.embed_dim, config.dtype),
+            "image": encoder_configs.conv_encoder(config.image_encoder, config.embed_dim, config.dtype, config.remat),
             "text": encoder_configs.text_encoder(
                 config, config.embed_dim, spec.vocab_size, text_length, config.dtype, config.remat
             ),
@@ -81,16 +93,39 @@ class ContrastiveModel:
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, {m: batch[m] for m in MODALITIES}))
 
-  def pair_loss(self, params, embeddings: dict[str, jax.Array], mask: jax.Array | None) -> jax.Array:
-    """The configured contrastive loss of paired embeddings."""
+  def pair_loss(self, params, embeddings: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
+    """The configured contrastive loss of paired embeddings.
+
+    With ``loss_sharding="local"`` and a mesh set (the trainer sets it), every device computes the
+    loss rows of its own samples (`jax.shard_map` over the batch axes): CLIP gathers the other
+    devices' embeddings, SigLIP passes them around a ring; the value and gradients are those of
+    the global loss. ``loss_chunk_size > 0`` bounds the logits held at once to that many rows.
+    """
     image, text = embeddings["image"], embeddings["text"]
+    if self.config.loss == "nt_xent":
+      return losses.nt_xent_loss(image, text, self.config.nt_xent_temperature, mask=mask)
+    scalars = (params["log_scale"], params.get("bias", jnp.zeros((), jnp.float32)))
+    mesh = jax.sharding.get_abstract_mesh()
+    if self.config.loss_sharding == "global" or mesh.empty:
+      return self._scored_loss(image, text, mask, *scalars, axis_name=None)
+    rows = P(mesh_lib.BATCH_AXES)
+    per_device = jax.shard_map(
+        functools.partial(self._scored_loss, axis_name=mesh_lib.BATCH_AXES),
+        in_specs=(rows, rows, rows, P(), P()),
+        out_specs=P(),
+    )
+    return per_device(image, text, mask, *scalars)
+
+  def _scored_loss(self, image, text, mask, log_scale, bias, *, axis_name) -> jax.Array:
+    options = {"max_scale": self.config.max_scale, "mask": mask, "axis_name": axis_name}
+    if self.config.loss_chunk_size:
+      options["chunk_size"] = self.config.loss_chunk_size
+      if self.config.loss == "clip":
+        return losses.chunked_clip_loss(image, text, log_scale, **options)
+      return losses.chunked_siglip_loss(image, text, log_scale, bias, **options)
     if self.config.loss == "clip":
-      return losses.clip_loss(image, text, params["log_scale"], max_scale=self.config.max_scale, mask=mask)
-    if self.config.loss == "siglip":
-      return losses.siglip_loss(
-          image, text, params["log_scale"], params["bias"], max_scale=self.config.max_scale, mask=mask
-      )
-    return losses.nt_xent_loss(image, text, self.config.nt_xent_temperature, mask=mask)
+      return losses.clip_loss(image, text, log_scale, **options)
+    return losses.siglip_loss(image, text, log_scale, bias, **options)
 
   def embed_for_loss(self, params, model_state, batch, rng) -> dict[str, jax.Array]:
     """Training-mode embeddings of both modalities (the first half of `loss`)."""

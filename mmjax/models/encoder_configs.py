@@ -31,7 +31,7 @@ GRU_SCHEMA = {
 TEXT_ENCODERS = ("transformer", "gru")
 
 
-def conv_encoder(config, features: int, dtype: str) -> ConvEncoder:
+def conv_encoder(config, features: int, dtype: str, remat: bool = False) -> ConvEncoder:
   """A `ConvEncoder` from a section following `CONV_SCHEMA`."""
   if len(config.channels) != len(config.strides):
     raise ConfigError(
@@ -44,6 +44,7 @@ def conv_encoder(config, features: int, dtype: str) -> ConvEncoder:
       strides=tuple(config.strides),
       kernel_size=config.kernel_size,
       norm=config.norm,
+      remat=remat,
       dtype=DTYPES[dtype],
   )
 

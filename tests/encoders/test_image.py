@@ -26,7 +26,18 @@ def test_strides_set_the_downsampling():
   encoder = ConvEncoder(features=4, channels=(4, 4, 4), strides=(2, 2, 2))
   variables = jax.jit(encoder.init)(jax.random.key(0), IMAGES)
   _, intermediates = jax.jit(lambda v, x: encoder.apply(v, x, capture_intermediates=True))(variables, IMAGES)
-  assert intermediates["intermediates"]["conv2"]["__call__"][0].shape == (3, 1, 1, 4)
+  assert intermediates["intermediates"]["stage2"]["conv"]["__call__"][0].shape == (3, 1, 1, 4)
+
+
+def test_remat_changes_memory_not_results():
+  plain = ConvEncoder(features=4, channels=(8, 8), strides=(1, 2))
+  variables = jax.jit(plain.init)(jax.random.key(0), IMAGES)
+
+  def grads(module):
+    return jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, IMAGES) ** 2)))(variables)
+
+  for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(plain.clone(remat=True)))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_computation_keeps_float32_parameters():

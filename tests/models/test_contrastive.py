@@ -41,6 +41,23 @@ def test_loss_is_the_configured_contrastive_loss(built, loss):
   np.testing.assert_allclose(params["log_scale"], np.log(10.0) if loss == "siglip" else (np.log(1 / 0.07) if loss == "clip" else 0.0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_chunked_loss_equals_the_dense_loss(built, loss):
+  dense, batch, variables = built(loss=loss)
+  chunked, _, _ = built(loss=loss, loss_chunk_size=3)
+  value_and_grad = lambda model: jax.jit(jax.value_and_grad(lambda p: model.loss(p, {}, batch, jax.random.key(1), 0)[0]))
+  expected, expected_grads = value_and_grad(dense.model)(variables["params"])
+  value, grads = value_and_grad(chunked.model)(variables["params"])
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
+
+def test_nt_xent_has_no_local_form(built):
+  with pytest.raises(ConfigError, match="'nt_xent' has no local or chunked form"):
+    built(loss="nt_xent", loss_sharding="local")
+
+
 def test_gradients_reach_both_towers_and_the_temperature(built):
   run, batch, variables = built()
   grads = jax.jit(jax.grad(lambda p: run.model.loss(p, {}, batch, jax.random.key(1), 0)[0]))(variables["params"])

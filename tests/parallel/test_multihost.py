@@ -27,7 +27,9 @@ def _free_port() -> int:
 
 
 def _start(devices, *args):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  inherited = os.environ.get("XLA_FLAGS", "").split()
+  flags = " ".join(f for f in inherited if not f.startswith("--xla_force_host_platform_device_count"))
+  env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
   env.pop("MMJAX_TEST_DEVICES", None)
   return subprocess.Popen(
       [sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -24,21 +24,31 @@ def _one_step(config, devices):
 
 
 @pytest.mark.parametrize(
-    "mesh,accumulation_steps",
+    "mesh,accumulation_steps,model,rules",
     [
-        ({"data": 8, "fsdp": 1, "model": 1}, 1),
-        ({"data": 1, "fsdp": 8, "model": 1}, 1),
-        ({"data": 2, "fsdp": 4, "model": 1}, 2),
+        ({"data": 8, "fsdp": 1, "model": 1}, 1, {}, None),
+        ({"data": 1, "fsdp": 8, "model": 1}, 1, {"loss_sharding": "local"}, None),
+        ({"data": 2, "fsdp": 4, "model": 1}, 2, {}, None),
+        ({"data": 2, "fsdp": 4, "model": 1}, 1, {"loss": "siglip", "loss_sharding": "local", "loss_chunk_size": 3}, None),
+        # Tensor parallelism by an explicit rule: projections split by output over the model axis.
+        ({"data": 4, "fsdp": 1, "model": 2}, 1, {"loss_sharding": "local", "loss_chunk_size": 2},
+         (("projection/kernel$", (None, "model")), (".*", "replicate"))),
     ],
 )
-def test_sharded_step_equals_the_single_device_step(small, mesh, accumulation_steps):
+def test_sharded_step_equals_the_single_device_step(small, mesh, accumulation_steps, model, rules):
+  """Against one device computing the plain global loss: data/FSDP sharding, accumulation, and
+  the per-device (gathered or ring) and chunked losses give the same step."""
   assert jax.device_count() == 8
   config = small()
   config.sharding.fsdp_min_size = 0
+  config.model.loss = model.get("loss", "clip")
   _, expected, expected_metrics = _one_step(config, jax.devices()[:1])
 
   config.mesh.update(mesh)
+  config.model.update(model)
   config.train.accumulation_steps = accumulation_steps
+  if rules:
+    config.sharding.rules = rules
   trainer, state, metrics = _one_step(config, None)
 
   np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-5)
@@ -47,8 +57,12 @@ def test_sharded_step_equals_the_single_device_step(small, mesh, accumulation_st
   specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
   if mesh["fsdp"] > 1:
     assert any("fsdp" in spec for spec in specs), specs  # parameters really are split
-    kernel = state.params["encoders_image"]["conv1"]["kernel"]
+    kernel = state.params["encoders_image"]["stage1"]["conv"]["kernel"]
     assert kernel.addressable_shards[0].data.size == kernel.size // mesh["fsdp"]
+  elif rules:
+    kernel = state.params["encoders_image"]["projection"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0], kernel.shape[1] // 2)
   else:
     assert specs == {"P()"}
 

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mmjax import experiment
@@ -54,12 +55,10 @@ def test_ordinary_accumulation_averages_micro_batch_gradients(setup):
   (loss, _), grads = _grads(objective, params, batch, 4)
   micro = step_lib.split_micro_batches(batch, 4)
   keys = jax.random.split(jax.random.key(3), 4)
+  micro_value_and_grad = jax.jit(jax.value_and_grad(lambda p, b, k: objective.loss(p, {}, b, k, 0), has_aux=True))
   expected_losses, expected_grads = [], []
   for m in range(4):
-    micro_batch = jax.tree.map(lambda x: x[m], micro)
-    (value, _), g = jax.jit(jax.value_and_grad(lambda p, b, k: objective.loss(p, {}, b, k, 0), has_aux=True))(
-        params, micro_batch, keys[m]
-    )
+    (value, _), g = micro_value_and_grad(params, jax.tree.map(lambda x: x[m], micro), keys[m])
     expected_losses.append(value)
     expected_grads.append(g)
   np.testing.assert_allclose(loss, np.mean(expected_losses), rtol=1e-5)
@@ -78,7 +77,6 @@ def test_micro_batches_take_strided_rows():
 
 def test_objectives_update_only_their_parameters_in_order():
   """Two objectives, GAN style: the second sees the first one's update within the same step."""
-  import optax
 
   class TwoPlayers:
     def __init__(self):
@@ -98,3 +96,23 @@ def test_objectives_update_only_their_parameters_in_order():
   assert float(state.params["a"]) == 1.0 and float(state.params["b"]) == 1.0
   assert set(metrics) == {"first/loss", "first/grad_norm", "second/loss", "second/grad_norm", "loss"}
   assert float(metrics["second/loss"]) == 1.0
+
+
+def test_bfloat16_computation_with_remat_trains_float32_parameters(data_dir):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  config.model.update({"dtype": "bfloat16", "remat": True, "text_encoder": "transformer"})
+  config.model.image_encoder.norm = "rms"
+  run = experiment.build(config)
+  optimizers = {"contrastive": optax.adam(1e-3)}
+  batch = run.data.train_dataset(32, seed=0)[0]
+  state = jax.jit(step_lib.make_init(run.model, optimizers, batch))(jax.random.key(0))
+  new_state, metrics = jax.jit(step_lib.make_train_step(run.model, optimizers))(state, batch)
+  assert {leaf.dtype for leaf in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
+  assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+  # The bfloat16 loss tracks the float32 one.
+  config.model.dtype = "float32"
+  reference = jax.jit(experiment.build(config).model.loss)(state.params, {}, batch, jax.random.key(1), 0)[0]
+  low = jax.jit(run.model.loss)(state.params, {}, batch, jax.random.key(1), 0)[0]
+  np.testing.assert_allclose(low, reference, rtol=2e-2)
