@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
       init_bias=config_dict.placeholder(float),
       max_scale=100.0,
       nt_xent_temperature=0.1,
+      loss_sharding="global",  # "local": per-device rows, gathered (CLIP) or ring (SigLIP)
+      loss_chunk_size=0,  # >0: exact loss in chunks of rows, memory O(B * chunk)
       dtype="float32",
       remat=False,
   )
@@ -62,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
       accumulation_steps=1,  # >1: micro-batches; contrastive negatives still span the whole batch
       prefetch_threads=1,
       progress_bar=True,
+      # A non-finite loss or gradient never reaches the parameters. "halt": save the last good
+      # state and stop; "skip": drop that update and go on, halting after this many in a row.
+      nonfinite_policy="halt",
+      max_nonfinite_in_a_row=10,
   )
 
   # Devices: `data` × `fsdp` × `model`; -1 takes the rest. See docs/scaling.md.

@@ -5,6 +5,10 @@
 
 ``train`` resumes from the workdir's latest checkpoint if there is one and prints the final
 evaluation as JSON; ``eval`` evaluates a checkpoint of a finished or running workdir.
+
+Exit status: 0 done; 2 bad usage, config, workdir or checkpoints (nothing was trained); 1 stopped
+on non-finite values (last good state saved); 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after
+saving a checkpoint: run the same command again to continue.
 """
 
 import json
@@ -14,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("train", "eval")
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -27,6 +32,7 @@ def _usage() -> str:
 def _run(command: str) -> None:
   # Imported after flag parsing, so `--help` and flag errors come back at once.
   from mmjax import experiment, schema
+  from mmjax.train import checkpoints, faults
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO
@@ -39,11 +45,19 @@ def _run(command: str) -> None:
       metrics = experiment.train(_CONFIG.value, _WORKDIR.value)
     else:
       metrics = experiment.evaluate(_WORKDIR.value, _STEP.value)
-  except (schema.ConfigError, FileNotFoundError) as error:
-    logging.error("%s", error)
-    print(f"mmjax {command}: {error}", file=sys.stderr)
-    sys.exit(2)
+  except (schema.ConfigError, checkpoints.CheckpointError, FileNotFoundError) as error:
+    _fail(command, error, 2)
+  except faults.NonFiniteError as error:
+    _fail(command, error, 1)
+  except faults.Interrupted as error:
+    _fail(command, error, EXIT_INTERRUPTED)
   print(json.dumps(metrics, indent=2))
+
+
+def _fail(command: str, error: Exception, status: int) -> None:
+  logging.error("%s", error)
+  print(f"mmjax {command}: {error}", file=sys.stderr)
+  sys.exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

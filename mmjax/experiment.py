@@ -104,7 +104,7 @@ def restore(workdir: str, step: int | None = None, devices=None, mesh: dict | No
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {checkpointer.directory}; present: {checkpointer.all_steps()}"
       )
-    state, _ = trainer.restore_state(checkpointer, step)
+    state, _ = checkpointer.restore(step, trainer.restore_target)
   finally:
     checkpointer.close()
   return run, trainer, state

@@ -9,6 +9,7 @@ and its evaluation (`mmjax.models.base.Model`), the data brings batches (`TrainD
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -16,12 +17,13 @@ from typing import Any, Protocol
 import grain
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.models.base import Batch, Model
 from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.schema import ConfigError, Field
-from mmjax.train import checkpoints, metric_writers, optimizers, step as step_lib
+from mmjax.train import checkpoints, faults, metric_writers, optimizers, step as step_lib
 
 CONFIG_SCHEMA = {
     "num_steps": Field(int, low=1),
@@ -34,6 +36,8 @@ CONFIG_SCHEMA = {
     "accumulation_steps": Field(int, low=1),
     "prefetch_threads": Field(int, low=0),
     "progress_bar": Field(bool),
+    "nonfinite_policy": Field(str, choices=faults.NONFINITE_POLICIES),
+    "max_nonfinite_in_a_row": Field(int, low=1),
 }
 
 
@@ -83,7 +87,7 @@ class Trainer:
         self.abstract_state, self.mesh, config.sharding.rules, config.sharding.fsdp_min_size
     )
     micro_batch_sharding = NamedSharding(self.mesh, P(None, mesh_lib.BATCH_AXES))
-    self.train_step = jax.jit(
+    self._compiled_step = jax.jit(
         step_lib.make_train_step(
             model,
             self.optimizers,
@@ -96,6 +100,11 @@ class Trainer:
         out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh)),
         donate_argnums=(0,),
     )
+
+  def train_step(self, state: step_lib.TrainState, batch: Batch) -> tuple[step_lib.TrainState, dict]:
+    """One compiled, donating step; the mesh is set so models can `jax.shard_map` over it."""
+    with jax.set_mesh(self.mesh):
+      return self._compiled_step(state, batch)
 
   def _check_batch_sizes(self) -> None:
     parallel = mesh_lib.data_parallel_size(self.mesh)
@@ -120,9 +129,10 @@ class Trainer:
     """A fresh state, created directly with its shardings (never materialised on one device)."""
     return jax.jit(self._init, out_shardings=self.state_sharding)(jax.random.key(seed))
 
-  def restore_state(self, checkpointer: checkpoints.Checkpointer, step: int) -> tuple[step_lib.TrainState, dict]:
-    target = checkpoints.abstract_with_shardings(self.abstract_state, self.state_sharding)
-    return checkpointer.restore(step, target)
+  @property
+  def restore_target(self) -> step_lib.TrainState:
+    """Shape structs with this trainer's shardings: what a checkpoint is restored into."""
+    return checkpoints.abstract_with_shardings(self.abstract_state, self.state_sharding)
 
   def put(self, batch: Batch) -> Batch:
     return mesh_lib.put_batch(batch, self.mesh)
@@ -138,9 +148,10 @@ class Trainer:
     return {f"{name}/learning_rate": float(schedule(step)) for name, schedule in self.schedules.items()}
 
 
-def _mean_metrics(window: list[dict[str, Any]]) -> dict[str, float]:
-  fetched = jax.device_get(window)
-  return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+  """Means over the window's applied steps (all steps if every one was skipped)."""
+  applied = [m for m in window if m["finite"]] or window
+  return {key: float(np.mean([m[key] for m in applied])) for key in applied[0] if key != "finite"}
 
 
 def prepare_workdir(workdir: str, config) -> str:
@@ -163,13 +174,18 @@ def prepare_workdir(workdir: str, config) -> str:
 def train(
     config, workdir: str, model: Model, data: TrainData, devices: Sequence[jax.Device] | None = None
 ) -> dict[str, float]:
-  """Trains `model` on `data` as `config` says, resuming from `workdir`'s latest checkpoint.
+  """Trains `model` on `data` as `config` says, resuming from `workdir`'s latest good checkpoint.
 
   Args:
     devices: the mesh's devices; default all devices of all processes.
 
   Returns:
     The final evaluation, also written to ``workdir/eval.json``.
+
+  Raises:
+    faults.Interrupted: SIGTERM or SIGINT arrived; checkpoint of the current step saved.
+    faults.NonFiniteError: a non-finite loss or gradient under ``nonfinite_policy="halt"`` (or
+      too many in a row under ``"skip"``); the last good state was saved.
   """
   workdir = prepare_workdir(workdir, config)
   trainer = Trainer(config, model, data, devices)
@@ -187,45 +203,51 @@ def train(
           grain.ReadOptions(num_threads=config.train.prefetch_threads, prefetch_buffer_size=4)
       )
   )
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state, data_state = trainer.restore_state(checkpointer, start_step)
+  restored = checkpointer.restore_latest(trainer.restore_target, report=_report)
+  if restored:
+    start_step, state, data_state = restored
     iterator.set_state(data_state)
   else:
-    state = trainer.init_state(config.seed)
+    start_step, state = 0, trainer.init_state(config.seed)
 
   writer = metric_writers.MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
   progress = metric_writers.ProgressBar(num_steps, start_step, enabled=is_writer and config.train.progress_bar)
-  window: list[dict[str, Any]] = []
+  window: list[dict[str, float]] = []
   window_start, window_first_step = time.perf_counter(), start_step
   final = None
   try:
-    for step in range(start_step + 1, num_steps + 1):
-      batch = trainer.put(next(iterator))
-      if window:
-        # Let dispatch run at most one step ahead, so the progress bar and timings are honest.
-        jax.block_until_ready(window[-1])
-      state, metrics = trainer.train_step(state, batch)
-      window.append(metrics)
-      if step == start_step + 1:
-        # Throughput is timed from the end of the first step, which includes compilation.
-        jax.block_until_ready(state)
-        window_start, window_first_step = time.perf_counter(), step
-      evaluate_now = step == num_steps or (config.train.eval_every and step % config.train.eval_every == 0)
-      record = None
-      if step % config.train.log_every == 0 or evaluate_now:
-        record = {**_mean_metrics(window), **trainer.learning_rates(step - 1)}
-        if step > window_first_step:
-          record["steps_per_sec"] = (step - window_first_step) / (time.perf_counter() - window_start)
-          record["examples_per_sec"] = record["steps_per_sec"] * config.data.batch_size
-        if evaluate_now:
-          evaluation = trainer.evaluate(state)
-          final = evaluation if step == num_steps else None
-          record.update({f"eval/{k}": v for k, v in evaluation.items()})
-        writer.write(step, record)
-        window, window_start, window_first_step = [], time.perf_counter(), step
-      progress.update(1, record)
-      checkpointer.save(step, state, iterator.get_state(), force=step == num_steps)
+    with faults.StopSignals() as stop:
+      for step in range(start_step + 1, num_steps + 1):
+        state, metrics = trainer.train_step(state, trainer.put(next(iterator)))
+        # A few scalars: fetching them every step keeps the guard, the progress bar and the
+        # timings exact, while Grain's prefetch thread keeps the next batch ready.
+        metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
+        window.append(metrics)
+        if step == start_step + 1:
+          # Throughput is timed from the end of the first step, which includes compilation.
+          window_start, window_first_step = time.perf_counter(), step
+        if not metrics["finite"]:
+          _on_nonfinite(config.train, step, metrics, state, checkpointer, iterator)
+
+        evaluate_now = step == num_steps or (config.train.eval_every and step % config.train.eval_every == 0)
+        record = None
+        if step % config.train.log_every == 0 or evaluate_now:
+          record = {**_mean_metrics(window), **trainer.learning_rates(step - 1)}
+          record["skipped_steps"] = int(state.skipped_steps)
+          if step > window_first_step:
+            record["steps_per_sec"] = (step - window_first_step) / (time.perf_counter() - window_start)
+            record["examples_per_sec"] = record["steps_per_sec"] * config.data.batch_size
+          if evaluate_now:
+            evaluation = trainer.evaluate(state)
+            final = evaluation if step == num_steps else None
+            record.update({f"eval/{k}": v for k, v in evaluation.items()})
+          writer.write(step, record)
+          window, window_start, window_first_step = [], time.perf_counter(), step
+        progress.update(1, record)
+        if stop.requested(step) and step < num_steps:
+          checkpointer.save(step, state, iterator.get_state(), force=True)
+          raise faults.Interrupted(step, stop.received)
+        checkpointer.save(step, state, iterator.get_state(), force=step == num_steps)
   finally:
     progress.close()
     writer.close()
@@ -236,3 +258,20 @@ def train(
     with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
       json.dump(final, f, indent=2)
   return final
+
+
+def _report(message: str) -> None:
+  logging.warning("%s", message)
+  if jax.process_index() == 0:
+    print(f"mmjax: {message}", file=sys.stderr)
+
+
+def _on_nonfinite(train_config, step, metrics, state, checkpointer, iterator) -> None:
+  """Applies the non-finite policy to `step`, whose update the step function already discarded."""
+  streak = int(state.nonfinite_streak)
+  terms = faults.nonfinite_terms(metrics)
+  if train_config.nonfinite_policy == "skip" and streak < train_config.max_nonfinite_in_a_row:
+    _report(f"step {step}: non-finite {', '.join(terms)}; update skipped ({streak} in a row)")
+    return
+  checkpointer.save(step, state, iterator.get_state(), force=True)
+  raise faults.NonFiniteError(step, terms, streak)

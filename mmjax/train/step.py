@@ -26,6 +26,8 @@ class TrainState(struct.PyTreeNode):
     opt_state: optimizer state per objective name.
     rng: raw key data of the run's PRNG key; step ``k`` uses ``fold_in(key, k)``, so a resumed
       run draws the same numbers as an uninterrupted one.
+    skipped_steps: steps whose update was discarded because a loss or gradient was not finite.
+    nonfinite_streak: how many of the latest steps in a row were discarded.
   """
 
   step: jax.Array
@@ -33,6 +35,8 @@ class TrainState(struct.PyTreeNode):
   model_state: Any
   opt_state: dict[str, Any]
   rng: jax.Array
+  skipped_steps: jax.Array
+  nonfinite_streak: jax.Array
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -72,6 +76,8 @@ def make_init(
             for objective in model.objectives
         },
         rng=jax.random.key_data(train_rng),
+        skipped_steps=jnp.zeros((), jnp.int32),
+        nonfinite_streak=jnp.zeros((), jnp.int32),
     )
 
   return init
@@ -177,7 +183,11 @@ def make_train_step(
   Each objective differentiates its loss with respect to its own parameters only (see
   `objective_value_and_grad`) and applies its own optimizer; the next objective sees the updated
   parameters. Metrics are the objectives' own metrics plus ``loss`` and ``grad_norm``, prefixed
-  with the objective name when there are several.
+  with the objective name when there are several, and ``finite``.
+
+  If any loss or gradient norm is not finite, the whole update is discarded: the returned state
+  keeps the incoming parameters, model state and optimizer state (only the step counter and the
+  skip counters move), so the caller decides whether to go on or stop with the last good state.
   """
   objectives = tuple(model.objectives)
 
@@ -198,7 +208,16 @@ def make_train_step(
       metrics.update({prefix + name: value for name, value in objective_metrics.items()})
     if len(objectives) > 1:
       metrics["loss"] = sum(metrics[f"{objective.name}/loss"] for objective in objectives)
-    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
-    return new_state, metrics
+    finite = jnp.all(jnp.array([jnp.isfinite(metrics[k]) for k in metrics if k.endswith(("loss", "grad_norm"))]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        model_state=keep(model_state, state.model_state),
+        opt_state=keep(opt_state, state.opt_state),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+    )
+    return new_state, {**metrics, "finite": finite}
 
   return train_step

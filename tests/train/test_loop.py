@@ -84,7 +84,7 @@ def test_step_and_evaluation_compile_once(small):
   for _ in range(3):
     state, _ = trainer.train_step(state, trainer.put(next(iterator)))
     trainer.evaluate(state)  # several eval batches, the last one padded
-  assert trainer.train_step._cache_size() == 1
+  assert trainer._compiled_step._cache_size() == 1
   assert run.model._embed._cache_size() == 1
   assert run.model.class_embeddings._cache_size() == 1
 
@@ -94,3 +94,16 @@ def test_unwritable_workdir_fails_before_training(small, tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match="workdir .* is not writable"):
     experiment.train(small(), str(blocker / "run"))
+
+
+def test_same_seed_same_run(small, tmp_path):
+  """Two runs with one config write the same metrics (wall-clock fields aside) and evaluation."""
+  config = small(num_steps=8, log_every=2, eval_every=4, checkpoint_every=4)
+  first, second = experiment.train(config, str(tmp_path / "a")), experiment.train(config, str(tmp_path / "b"))
+  assert first == second
+  strip = lambda records: [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in records]  # noqa: E731
+  assert strip(_read_metrics(tmp_path / "a")) == strip(_read_metrics(tmp_path / "b"))
+  other = small(num_steps=8, log_every=2, eval_every=4, checkpoint_every=4)
+  other.seed = 1
+  experiment.train(other, str(tmp_path / "c"))
+  assert strip(_read_metrics(tmp_path / "c")) != strip(_read_metrics(tmp_path / "a"))

@@ -1,0 +1,123 @@
+"""Broken checkpoints are detected, reported and skipped; incompatible ones are refused; nothing
+is ever unpickled."""
+
+import glob
+import os
+import pickle
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import experiment
+from mmjax.train import checkpoints
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+  """A finished 8-step run (checkpoints 4 and 8) and the config to extend it to 12 steps."""
+  from tests.conftest import small_config
+
+  config = small_config(data_dir, num_steps=8, checkpoint_every=4, keep_checkpoints=3, eval_every=None, log_every=4)
+  base = str(tmp_path_factory.mktemp("base"))
+  experiment.train(config, base)
+  longer = small_config(data_dir, num_steps=12, checkpoint_every=4, keep_checkpoints=3, eval_every=None, log_every=4)
+  return base, longer
+
+
+def _array_files(step_dir):
+  """The files holding array bytes (TensorStore's OCDBT data files, wherever Orbax put them)."""
+  return glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_bytes(path):
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    for offset in range(len(data) // 3, len(data) // 3 + 16):
+      data[offset] ^= 0xFF
+    f.seek(0)
+    f.write(data)
+
+
+CORRUPTIONS = {
+    "truncated array data": lambda step_dir: [_truncate(f) for f in _array_files(step_dir)],
+    "flipped bits in array data": lambda step_dir: [_flip_bytes(f) for f in _array_files(step_dir)],
+    "garbled data-iterator state": lambda step_dir: open(os.path.join(step_dir, "data", "metadata"), "w").write("{not json"),
+    "missing array metadata": lambda step_dir: os.remove(os.path.join(step_dir, "state", "_METADATA")),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_broken_latest_checkpoint_falls_back_to_the_previous_one(runs, tmp_path, corruption, capsys):
+  base, longer = runs
+  workdir = str(tmp_path / "run")
+  shutil.copytree(base, workdir)
+  CORRUPTIONS[corruption](os.path.join(workdir, "checkpoints", "8"))
+
+  final = experiment.train(longer, workdir)
+
+  assert "checkpoint 8 is unusable" in capsys.readouterr().err
+  assert glob.glob(os.path.join(workdir, "checkpoints_corrupt", "8-*"))
+  # Resumed from 4: the same as extending an intact run that is rolled back to 4.
+  reference = str(tmp_path / "reference")
+  shutil.copytree(base, reference)
+  shutil.rmtree(os.path.join(reference, "checkpoints", "8"))
+  assert experiment.train(longer, reference) == final
+  for a, b in zip(jax.tree.leaves(jax.device_get(experiment.restore(workdir)[2])),
+                  jax.tree.leaves(jax.device_get(experiment.restore(reference)[2]))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_when_no_checkpoint_is_usable_the_run_stops_and_says_so(runs, tmp_path):
+  base, longer = runs
+  workdir = str(tmp_path / "run")
+  shutil.copytree(base, workdir)
+  for step in ("4", "8"):
+    CORRUPTIONS["garbled data-iterator state"](os.path.join(workdir, "checkpoints", step))
+  with pytest.raises(checkpoints.CheckpointError, match=r"none of the checkpoints \[4, 8\] .* could be restored"):
+    experiment.train(longer, workdir)
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_moved(runs, tmp_path):
+  base, longer = runs
+  workdir = str(tmp_path / "run")
+  shutil.copytree(base, workdir)
+  wider = longer.copy_and_resolve_references()
+  wider.model.embed_dim = 24
+  with pytest.raises(checkpoints.CheckpointError, match=r"holds a different model or optimizer .* saved \(16,\), now \(24,\)"):
+    experiment.train(wider, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+
+
+class _Payload:
+  """Unpickling this would create a marker file: the proof that code ran."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, "w"))
+
+
+def test_pickled_payloads_in_a_checkpoint_are_never_executed(runs, tmp_path, capsys):
+  base, longer = runs
+  workdir = str(tmp_path / "run")
+  shutil.copytree(base, workdir)
+  marker = str(tmp_path / "code_ran")
+  payload = pickle.dumps(_Payload(marker))
+  step_dir = os.path.join(workdir, "checkpoints", "8")
+  for path in (os.path.join(step_dir, "data", "metadata"), os.path.join(step_dir, "integrity", "metadata"),
+               os.path.join(step_dir, "state", "_METADATA")):
+    with open(path, "wb") as f:
+      f.write(payload)
+
+  experiment.train(longer, workdir)
+
+  assert not os.path.exists(marker)
+  assert "checkpoint 8 is unusable" in capsys.readouterr().err

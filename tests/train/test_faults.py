@@ -1,0 +1,94 @@
+"""Non-finite losses: `halt` saves the last good state and stops naming the step and the terms;
+`skip` drops the update, counts it, and halts after too many in a row."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import experiment
+from mmjax.train import faults, loop
+
+
+class PoisonedData:
+  """The run's data with NaN images at the given (1-based) training steps."""
+
+  def __init__(self, data, steps):
+    self._data, self._steps = data, set(steps)
+
+  def train_dataset(self, batch_size, seed, process_index=0, process_count=1):
+    def poison(index, batch):
+      if index + 1 in self._steps:
+        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+      return batch
+
+    return self._data.train_dataset(batch_size, seed, process_index, process_count).map_with_index(poison)
+
+  def eval_batches(self, *args, **kwargs):
+    return self._data.eval_batches(*args, **kwargs)
+
+
+def _train(config, workdir, poisoned_steps=()):
+  run = experiment.build(config)
+  return loop.train(config, str(workdir), run.model, PoisonedData(run.data, poisoned_steps))
+
+
+def _params(workdir, step):
+  return jax.device_get(experiment.restore(str(workdir), step)[2].params)
+
+
+@pytest.fixture(scope="module")
+def clean_run(data_dir, tmp_path_factory):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir, num_steps=10, checkpoint_every=1, keep_checkpoints=10, eval_every=None, log_every=1)
+  workdir = tmp_path_factory.mktemp("clean")
+  _train(config, workdir)
+  return config, workdir
+
+
+def test_halt_saves_the_last_good_state_and_names_the_step(clean_run, tmp_path):
+  config, clean = clean_run
+  with pytest.raises(faults.NonFiniteError, match=r"step 5: non-finite .*loss.*checkpoint 5"):
+    _train(config, tmp_path, poisoned_steps=[5])
+  # Checkpoint 5 holds the parameters from before step 5's update: those of clean step 4.
+  for a, b in zip(jax.tree.leaves(_params(tmp_path, 5)), jax.tree.leaves(_params(clean, 4))):
+    np.testing.assert_array_equal(a, b)
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]  # logs flushed, bad step not logged
+  assert not os.path.exists(tmp_path / "eval.json")
+
+
+def test_skip_drops_updates_and_counts_them(clean_run, tmp_path):
+  config, _ = clean_run
+  config = config.copy_and_resolve_references()
+  config.train.nonfinite_policy = "skip"
+  final = _train(config, tmp_path, poisoned_steps=[3, 4, 7])
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2, 3, 3, 3, 3]
+  assert all(np.isfinite(r["loss"]) for r in records if r["step"] not in (3, 4, 7))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(_params(tmp_path, 10)))
+  assert final["step"] == 10 and np.isfinite(final["zeroshot_top1"])
+
+
+def test_skip_halts_after_too_many_in_a_row(clean_run, tmp_path):
+  config, _ = clean_run
+  config = config.copy_and_resolve_references()
+  config.train.nonfinite_policy = "skip"
+  config.train.max_nonfinite_in_a_row = 3
+  with pytest.raises(faults.NonFiniteError, match=r"step 6: non-finite .* \(3 steps in a row\)"):
+    _train(config, tmp_path, poisoned_steps=range(4, 10))
+  # Steps 4–6 were all dropped: checkpoint 6 still holds clean step 3's parameters.
+  for a, b in zip(jax.tree.leaves(_params(tmp_path, 6)), jax.tree.leaves(_params(clean_run[1], 3))):
+    np.testing.assert_array_equal(a, b)
+  state = jax.device_get(experiment.restore(str(tmp_path), 6)[2])
+  assert int(state.step) == 6 and int(state.skipped_steps) == 3 and int(state.nonfinite_streak) == 3
+
+
+def test_nonfinite_terms_lists_only_bad_values():
+  assert faults.nonfinite_terms({"loss": float("nan"), "grad_norm": float("inf"), "logit_scale": 14.0}) == [
+      "grad_norm", "loss"
+  ]
