@@ -13,6 +13,7 @@ Evaluation batches cover a split once, the last one padded with rows whose prese
 """
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import grain
@@ -22,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from mmjax.data import mm_digits, tokenizers
 from mmjax.data.prompts import class_prompts
-from mmjax.schema import Field
+from mmjax.schema import ConfigError, Field
 
 Batch = dict[str, np.ndarray | dict[str, np.ndarray]]
 
@@ -168,6 +169,30 @@ class ImageCaptionData:
     return np.stack([self.preprocess.texts(per_class) for per_class in prompts])
 
 
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default
+
+
+def resolve_data_dir(configured: str | None) -> str:
+  """The data directory: `configured`, else ``$MMJAX_DATA_DIR``, else ``~/tensorflow_datasets``.
+
+  A directory named explicitly (by the config or the environment) must exist, so a typo fails at
+  once instead of silently building a second copy of the data elsewhere; the default one is
+  created on demand.
+  """
+  source, explicit = ("data.data_dir", configured) if configured else ("$MMJAX_DATA_DIR", os.environ.get("MMJAX_DATA_DIR"))
+  if not explicit:
+    path = os.path.expanduser(DEFAULT_DATA_DIR)
+    os.makedirs(path, exist_ok=True)
+    return path
+  path = os.path.abspath(os.path.expanduser(explicit))
+  if not os.path.isdir(path):
+    raise ConfigError(
+        f"data directory {path!r} (from {source}) does not exist. Create it, or leave data.data_dir "
+        f"and $MMJAX_DATA_DIR unset to use {DEFAULT_DATA_DIR}."
+    )
+  return path
+
+
 def load(name: str, data_dir: str | None, tokenizer: str, text_length: int, cache: bool = True) -> ImageCaptionData:
   """Builds dataset `name` if needed and returns it ready for the pipeline.
 
@@ -181,7 +206,12 @@ def load(name: str, data_dir: str | None, tokenizer: str, text_length: int, cach
   """
   if name not in BUILDERS:
     raise ValueError(f"Unknown dataset {name!r}; valid choices: {sorted(BUILDERS)}.")
-  return ImageCaptionData(BUILDERS[name](data_dir or None), tokenizer, text_length, cache)
+  directory = resolve_data_dir(data_dir)
+  try:
+    builder = BUILDERS[name](directory)
+  except OSError as error:
+    raise ConfigError(f"cannot build {name} into {directory!r}: {error}") from error
+  return ImageCaptionData(builder, tokenizer, text_length, cache)
 
 
 def from_config(config) -> ImageCaptionData:

@@ -22,7 +22,6 @@ the training captions and the pixel mean and standard deviation of the training 
 import contextlib
 import dataclasses
 import io
-import os
 
 from absl import logging
 import numpy as np
@@ -56,11 +55,6 @@ DESCRIPTIVE_TEMPLATES = (
 )
 STROKE_WORDS = ("thin", "bold")  # lowest and highest third of ink per class
 SIDE_WORDS = ("left", "right")  # lowest and highest third of slant per class
-
-
-def default_data_dir() -> str:
-  """`$MMJAX_DATA_DIR` if set, else TFDS's default `~/tensorflow_datasets`."""
-  return os.path.expanduser(os.environ.get("MMJAX_DATA_DIR") or "~/tensorflow_datasets")
 
 
 @dataclasses.dataclass
@@ -181,14 +175,14 @@ class MmDigits(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def prepare(data_dir: str | None = None, config: str | MmDigitsConfig = "default") -> MmDigits:
+def prepare(data_dir: str, config: str | MmDigitsConfig = "default") -> MmDigits:
   """Builds `mm_digits` into `data_dir` unless it is there already; returns the builder.
 
   Args:
-    data_dir: root of the TFDS data directory; None means `default_data_dir()`.
+    data_dir: root of the TFDS data directory.
     config: a builder config or the name of a registered one.
   """
-  builder = MmDigits(data_dir=data_dir or default_data_dir(), config=config, file_format="array_record")
+  builder = MmDigits(data_dir=data_dir, config=config, file_format="array_record")
   if not builder.is_prepared():
     logging.info("Building mm_digits into %s", builder.data_dir)
     # TFDS reports its progress on stdout, which belongs to the caller (the CLI prints JSON there).

@@ -68,6 +68,16 @@ def _unchunk(chunked: jax.Array, size: int) -> jax.Array:
   return chunked.reshape(-1, *chunked.shape[2:])[:size]
 
 
+def _exp_at_most_1(shifted: jax.Array) -> jax.Array:
+  """``exp`` of a logit minus a maximum or log-sum-exp, which cannot exceed 0 in exact arithmetic.
+
+  XLA may recompute ``scale · dots`` inside each fusion that uses it, rounding differently: at
+  logits of ~1e9 (huge, un-normalised embeddings) the "non-positive" difference then comes out as
+  +100 and exp overflows. Capping at 0 is exact mathematics and keeps every step finite.
+  """
+  return jnp.exp(jnp.minimum(shifted, 0.0))
+
+
 def _dots(rows: jax.Array, columns: jax.Array) -> jax.Array:
   return jax.lax.dot_general(rows, columns, (((1,), (1,)), ((), ())))
 
@@ -126,10 +136,14 @@ def _logsumexps_fwd(rows, columns, scale, row_valid, column_valid, chunk_size):
     column_max, column_sum = carry
     rows_c, valid_c = chunk
     logits = scale * _dots(rows_c, columns)
-    row_lse = jax.nn.logsumexp(jnp.where(column_valid[None, :], logits, _FLOOR), axis=1)
+    by_row = jnp.where(column_valid[None, :], logits, _FLOOR)
+    row_max = jnp.max(by_row, axis=1)
+    row_lse = row_max + jnp.log(jnp.sum(_exp_at_most_1(by_row - row_max[:, None]), axis=1))
     by_column = jnp.where(valid_c[:, None], logits, _FLOOR)
     new_max = jnp.maximum(column_max, jnp.max(by_column, axis=0))
-    column_sum = column_sum * jnp.exp(column_max - new_max) + jnp.sum(jnp.exp(by_column - new_max), axis=0)
+    column_sum = column_sum * _exp_at_most_1(column_max - new_max) + jnp.sum(
+        _exp_at_most_1(by_column - new_max), axis=0
+    )
     return (new_max, column_sum), row_lse
 
   size = columns.shape[0]
@@ -152,8 +166,8 @@ def _logsumexps_bwd(chunk_size, residuals, cotangents):
     logits = scale * dots
     # The masks go on the probabilities, not the logits: an excluded entry gets no gradient
     # whatever its logit.
-    by_row = jnp.where(column_valid[None, :], jnp.exp(logits - lse_c[:, None]), 0.0)
-    by_column = jnp.where(valid_c[:, None], jnp.exp(logits - column_lse[None, :]), 0.0)
+    by_row = jnp.where(column_valid[None, :], _exp_at_most_1(logits - lse_c[:, None]), 0.0)
+    by_column = jnp.where(valid_c[:, None], _exp_at_most_1(logits - column_lse[None, :]), 0.0)
     d_logits = ct_c[:, None] * by_row + column_ct[None, :] * by_column
     d_columns = d_columns + scale * _transposed_product(d_logits, rows_c)
     return (d_columns, d_scale + jnp.sum(d_logits * dots)), scale * (d_logits @ columns)

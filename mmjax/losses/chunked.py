@@ -93,7 +93,10 @@ def chunked_clip_loss(
     text_valid = jax.lax.all_gather(valid, axis_name, tiled=True)
     row_lse, column_part = row_column_logsumexp(image, texts, scale, valid, text_valid, chunk_size=chunk_size)
     column_lse = _own_columns_logsumexp(column_part, axis_name)
-  return 0.5 * _masked_mean(row_lse + column_lse - 2.0 * positive, valid, axis_name)
+  # Each cross-entropy is ≥ 0; the positive logit comes from another product than the
+  # log-sum-exps, so at huge logits rounding could push the difference below 0.
+  cross_entropies = jnp.maximum(row_lse - positive, 0.0) + jnp.maximum(column_lse - positive, 0.0)
+  return 0.5 * _masked_mean(cross_entropies, valid, axis_name)
 
 
 def _own_columns_logsumexp(column_part: jax.Array, axis_name: AxisName) -> jax.Array:

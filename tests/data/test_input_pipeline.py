@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import input_pipeline
+from mmjax.schema import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,26 @@ def test_class_prompts_are_tokenized_per_class_and_template(data):
 def test_unknown_dataset_lists_choices():
   with pytest.raises(ValueError, match=r"Unknown dataset 'coco'; valid choices: \['mm_digits'\]"):
     input_pipeline.load("coco", None, "word", 16)
+
+
+def test_data_dir_comes_from_config_then_environment_then_home(monkeypatch, tmp_path):
+  monkeypatch.setenv("MMJAX_DATA_DIR", str(tmp_path))
+  assert input_pipeline.resolve_data_dir("") == str(tmp_path)
+  assert input_pipeline.resolve_data_dir(str(tmp_path / ".")) == str(tmp_path)
+  monkeypatch.delenv("MMJAX_DATA_DIR")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert input_pipeline.resolve_data_dir("") == str(tmp_path / "tensorflow_datasets")
+  assert (tmp_path / "tensorflow_datasets").is_dir()
+
+
+def test_a_missing_or_unusable_data_dir_fails_clearly(monkeypatch, tmp_path):
+  with pytest.raises(ConfigError, match=r"data directory .*/nowhere' \(from data.data_dir\) does not exist"):
+    input_pipeline.load("mm_digits", str(tmp_path / "nowhere"), "word", 16)
+  monkeypatch.setenv("MMJAX_DATA_DIR", str(tmp_path / "elsewhere"))
+  with pytest.raises(ConfigError, match=r"from \$MMJAX_DATA_DIR\) does not exist"):
+    input_pipeline.load("mm_digits", "", "word", 16)
+  blocked = tmp_path / "blocked"
+  blocked.mkdir()
+  (blocked / "mm_digits").write_text("a file where the dataset's directory must go")
+  with pytest.raises(ConfigError, match="cannot build mm_digits into"):
+    input_pipeline.load("mm_digits", str(blocked), "word", 16)

@@ -69,10 +69,3 @@ def test_metadata_and_reading_back_through_tfds_data_source(data_dir):
   assert info.metadata["vocabulary"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
   assert 0.2 < info.metadata["pixel_mean"] < 0.4
   assert "tensorflow" not in sys.modules
-
-
-def test_data_dir_defaults_to_env_then_home(monkeypatch):
-  monkeypatch.setenv("MMJAX_DATA_DIR", "/some/where")
-  assert mm_digits.default_data_dir() == "/some/where"
-  monkeypatch.delenv("MMJAX_DATA_DIR")
-  assert mm_digits.default_data_dir().endswith("tensorflow_datasets")

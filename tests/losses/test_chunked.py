@@ -123,3 +123,16 @@ def test_memory_grows_with_chunk_not_with_batch_squared(name):
 def test_bad_inputs_raise_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 512])
+def test_huge_logits_keep_the_loss_and_gradients_finite(chunk_size):
+  """Found by tests/test_properties.py: at logits ~2e9 the backward pass's recomputed logits
+  differ from the forward pass's by more than exp can take."""
+  image = np.full((2, 8), 7158.0, np.float32)
+  text = np.concatenate([np.zeros((2, 1)), np.full((2, 7), 823.0)], axis=1).astype(np.float32)
+  value, grads = jax.jit(
+      jax.value_and_grad(lambda a, b, t: losses.chunked_clip_loss(a, b, t, chunk_size=chunk_size), argnums=(0, 1, 2))
+  )(image, text, jnp.float32(4.0))
+  assert np.isfinite(value) and value >= 0
+  assert all(np.all(np.isfinite(g)) for g in grads)

@@ -1,0 +1,172 @@
+"""Property-based tests (hypothesis) of every public loss and of the modules that take modality
+dicts: random shapes, masks and extreme but finite values give finite results and gradients;
+wrong shapes, dtypes and missing modalities raise a ValueError naming what is wrong.
+
+Cases tried per run: see docs/reliability.md (``pytest --hypothesis-show-statistics`` counts them).
+"""
+
+import functools
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from mmjax import losses
+from mmjax.encoders import ConvEncoder, GRUTextEncoder, TransformerTextEncoder
+from mmjax.models import DualEncoder
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _loss(name, chunk_size=None):
+  """``loss(first, second, log_scale, bias, mask)`` for every public loss."""
+  chunk = {} if chunk_size is None else {"chunk_size": chunk_size}
+  return {
+      "clip_loss": lambda a, b, t, c, m: losses.clip_loss(a, b, t, mask=m),
+      "siglip_loss": lambda a, b, t, c, m: losses.siglip_loss(a, b, t, c, mask=m),
+      "nt_xent_loss": lambda a, b, t, c, m: losses.nt_xent_loss(a, b, jnp.exp(-t), mask=m),
+      "chunked_clip_loss": lambda a, b, t, c, m: losses.chunked_clip_loss(a, b, t, mask=m, **chunk),
+      "chunked_siglip_loss": lambda a, b, t, c, m: losses.chunked_siglip_loss(a, b, t, c, mask=m, **chunk),
+  }[name]
+
+
+LOSS_NAMES = ["clip_loss", "siglip_loss", "nt_xent_loss", "chunked_clip_loss", "chunked_siglip_loss"]
+extreme = st.floats(-1e4, 1e4, width=32, allow_subnormal=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name, chunk_size):
+  return jax.jit(jax.value_and_grad(_loss(name, chunk_size), argnums=(0, 1, 2, 3)))
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from(LOSS_NAMES),
+    batch=st.integers(1, 9),
+    dim=st.sampled_from([1, 3, 8]),
+    chunk_size=st.integers(1, 10),
+    data=st.data(),
+)
+def test_losses_and_gradients_are_finite_on_extreme_finite_inputs(name, batch, dim, chunk_size, data):
+  first = data.draw(hnp.arrays(np.float32, (batch, dim), elements=extreme), label="first")
+  second = data.draw(hnp.arrays(np.float32, (batch, dim), elements=extreme), label="second")
+  mask = data.draw(hnp.arrays(np.bool_, (batch,)), label="mask")  # all-False included
+  log_scale = np.float32(data.draw(st.floats(-5, 10), label="log_scale"))
+  bias = np.float32(data.draw(st.floats(-50, 50), label="bias"))
+  value, grads = _compiled(name, chunk_size if name.startswith("chunked") else None)(first, second, log_scale, bias, mask)
+  assert np.isfinite(value), (name, value)
+  assert value >= 0 or name == "nt_xent_loss" and value >= -1e-6
+  for grad in grads:
+    assert np.all(np.isfinite(grad)), name
+  # Masked-out rows neither contribute nor receive gradient.
+  assert not np.any(np.asarray(grads[0])[~mask])
+
+
+def _wrong_shape(batch, dim):
+  """Strategies for a `[B, D]` array's shape that is not (batch, dim)."""
+  return st.one_of(
+      st.tuples(st.integers(1, 6), st.integers(1, 6)).filter(lambda s: s != (batch, dim)),
+      st.tuples(st.integers(1, 6)),
+      st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+  )
+
+
+@SETTINGS
+@given(name=st.sampled_from(LOSS_NAMES), batch=st.integers(1, 6), dim=st.integers(1, 6), data=st.data())
+def test_losses_reject_mismatched_shapes_naming_them(name, batch, dim, data):
+  wrong = data.draw(_wrong_shape(batch, dim), label="wrong shape")
+  second = "second" if name == "nt_xent_loss" else "text"
+  with pytest.raises(ValueError) as error:
+    _loss(name)(np.zeros((batch, dim), np.float32), np.zeros(wrong, np.float32), np.float32(0), np.float32(0), None)
+  message = str(error.value)
+  assert f"'{second}' embeddings: expected shape (B, D)" in message, message
+  assert f"got {tuple(wrong)}" in message, message
+
+
+@SETTINGS
+@given(name=st.sampled_from(LOSS_NAMES), batch=st.integers(1, 6), data=st.data())
+def test_losses_reject_bad_masks_and_dtypes(name, batch, data):
+  embeddings = np.zeros((batch, 4), np.float32)
+  if data.draw(st.booleans(), label="bad mask dtype"):
+    mask, expected = np.ones(batch, np.float32), "mask: expected a bool array"
+  else:
+    mask, expected = np.ones(batch + data.draw(st.integers(1, 3)), np.bool_), "mask: expected shape"
+  with pytest.raises(ValueError, match=expected):
+    _loss(name)(embeddings, embeddings, np.float32(0), np.float32(0), mask)
+  with pytest.raises(ValueError, match="expected a float array"):
+    _loss(name)(embeddings.astype(np.int32), embeddings, np.float32(0), np.float32(0), None)
+
+
+IMAGE_SHAPE, TEXT_LENGTH = (8, 8, 1), 6
+
+
+@functools.lru_cache(maxsize=None)
+def _dual_encoder(text_encoder: str):
+  text = {
+      "gru": GRUTextEncoder(4, vocab_size=12, width=4),
+      "transformer": TransformerTextEncoder(4, vocab_size=12, max_length=TEXT_LENGTH, width=8, depth=1, num_heads=2),
+  }[text_encoder]
+  module = DualEncoder(
+      encoders={"image": ConvEncoder(4, channels=(4,), strides=(2,)), "text": text},
+      input_shapes={"image": IMAGE_SHAPE, "text": (TEXT_LENGTH,)},
+  )
+  inputs = {"image": jnp.zeros((2, *IMAGE_SHAPE)), "text": jnp.ones((2, TEXT_LENGTH), jnp.int32)}
+  return module, jax.jit(module.init)(jax.random.key(0), inputs), jax.jit(module.apply)
+
+
+@SETTINGS
+@given(
+    text_encoder=st.sampled_from(["gru", "transformer"]),
+    batch=st.sampled_from([1, 3]),
+    data=st.data(),
+)
+def test_dual_encoder_gives_finite_unit_embeddings_on_extreme_inputs(text_encoder, batch, data):
+  _, variables, apply = _dual_encoder(text_encoder)
+  images = data.draw(hnp.arrays(np.float32, (batch, *IMAGE_SHAPE), elements=extreme), label="images")
+  lengths = data.draw(st.lists(st.integers(0, TEXT_LENGTH), min_size=batch, max_size=batch), label="lengths")
+  tokens = np.array([[1 + (i % 11) if i < n else 0 for i in range(TEXT_LENGTH)] for n in lengths], np.int32)
+  out = apply(variables, {"image": images, "text": tokens})
+  for modality, embedding in out.items():
+    norms = np.linalg.norm(np.asarray(embedding), axis=1)
+    assert np.all(np.isfinite(embedding)), modality
+    # Unit norm, except features too close to zero to normalise (l2_normalize's eps), never more.
+    assert np.all(norms <= 1 + 1e-3), (modality, norms)
+
+
+@SETTINGS
+@given(
+    modality=st.sampled_from(["image", "text"]),
+    data=st.data(),
+)
+def test_dual_encoder_rejects_wrong_shapes_naming_the_modality(modality, data):
+  module, variables, _ = _dual_encoder("gru")
+  expected = {"image": IMAGE_SHAPE, "text": (TEXT_LENGTH,)}[modality]
+  wrong = data.draw(
+      st.lists(st.integers(1, 9), min_size=0, max_size=4).map(tuple).filter(lambda s: s != expected), label="shape"
+  )
+  dtype = np.float32 if modality == "image" else np.int32
+  inputs = {"image": np.zeros((2, *IMAGE_SHAPE), np.float32), "text": np.ones((2, TEXT_LENGTH), np.int32)}
+  inputs[modality] = np.zeros((2, *wrong), dtype)
+  with pytest.raises(ValueError) as error:
+    module.apply(variables, inputs)
+  message = str(error.value)
+  assert f"modality '{modality}'" in message, message
+  assert "expected shape (B, " + ", ".join(map(str, expected)) in message, message
+  assert f"got {(2, *wrong)}" in message, message
+
+
+@SETTINGS
+@given(missing=st.sampled_from(["image", "text"]), unknown=st.sampled_from(["audio", "Image", "texts"]))
+def test_model_batches_must_hold_every_modality(missing, unknown):
+  from mmjax import checks
+
+  batch = {"image": 0, "text": 0}
+  del batch[missing]
+  with pytest.raises(ValueError, match=f"missing modality '{missing}'"):
+    checks.check_modalities(batch, ["image", "text"], "ContrastiveModel batch")
+  module, variables, _ = _dual_encoder("gru")
+  with pytest.raises(ValueError, match=f"unknown modalities \\['{unknown}'\\]; valid modalities: \\['image', 'text'\\]"):
+    module.apply(variables, {unknown: np.zeros((2, 3), np.float32)})
