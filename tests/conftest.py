@@ -8,6 +8,7 @@ to act before JAX is imported, hence its place at the top of this file.
 
 import os
 import sys
+import tempfile
 
 # Tests check results, not speed: skipping XLA's backend optimisations makes compilation, which
 # dominates these short runs, 2–4× faster. Subprocesses started by tests inherit it, except the
@@ -17,6 +18,11 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 if os.environ.get("MMJAX_TEST_DEVICES"):
   os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={os.environ['MMJAX_TEST_DEVICES']}"
+# Many tests start training processes that compile the same programs: JAX's persistent cache
+# (keyed by program, flags and JAX version, so never stale) lets all but the first skip it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"mmjax-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest
 
@@ -61,8 +67,18 @@ def small(data_dir):
   return lambda **train: small_config(data_dir, **train)
 
 
+# Tests that start many busy threads or processes of their own (8 simulated devices, two
+# training processes, a notebook kernel): on a 2-core machine they run one after another on one
+# xdist worker rather than starving each other.
+SERIAL_HEAVY = ("test_multidevice.py", "test_multihost.py", "quickstart.ipynb")
+
+
 def pytest_collection_modifyitems(config, items):
-  """Deselects ``multidevice`` tests unless this process simulates several devices."""
+  """Groups the heavy tests; deselects ``multidevice`` tests unless this process simulates
+  several devices."""
+  for item in items:
+    if item.path.name in SERIAL_HEAVY:
+      item.add_marker(pytest.mark.xdist_group("serial_heavy"))
   if os.environ.get("MMJAX_TEST_DEVICES"):
     return
   selected = [item for item in items if "multidevice" not in item.keywords]

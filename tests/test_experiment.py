@@ -58,3 +58,25 @@ def test_warmup_longer_than_the_run_fails(data_dir, tmp_path):
   config.optimizer.warmup_steps = 20
   with pytest.raises(ConfigError, match=r"warmup_steps \(20\) must be below train.num_steps \(12\)"):
     experiment.train(config, str(tmp_path))
+
+
+def test_batch_that_does_not_split_into_micro_batches_fails_before_compiling(data_dir, tmp_path):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  config.train.accumulation_steps = 3
+  with pytest.raises(ConfigError, match=r"data.batch_size \(32\) must be divisible by .* times train.accumulation_steps \(3\)"):
+    experiment.train(config, str(tmp_path))
+
+
+def test_wrong_types_are_named_with_the_expected_type():
+  config = clip_digits.get_config().to_dict()
+  config["train"]["num_steps"] = "ten"
+  config["model"]["remat"] = 1
+  config["sharding"]["rules"] = "fsdp"
+  with pytest.raises(ConfigError) as error:
+    experiment.validate_config(config)
+  message = str(error.value)
+  assert "train.num_steps: expected int, got str 'ten'" in message
+  assert "model.remat: expected bool, got int 1" in message
+  assert "sharding.rules: expected list or tuple, got str 'fsdp'" in message

