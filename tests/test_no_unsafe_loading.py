@@ -50,6 +50,21 @@ def test_training_resuming_and_evaluating_never_unpickle(small, tmp_path, monkey
   experiment.evaluate(str(tmp_path))
 
 
+def test_pickled_payloads_in_a_checkpoint_are_never_executed(small, tmp_path, capsys):
+  config = small(num_steps=4, checkpoint_every=2, eval_every=None, log_every=2)
+  experiment.train(config, str(tmp_path))
+  (tmp_path / "eval.json").unlink()
+  marker = tmp_path / "code_ran"
+  step_dir = tmp_path / "checkpoints" / "4"
+  for path in (step_dir / "data" / "metadata", step_dir / "integrity" / "metadata", step_dir / "state" / "_METADATA"):
+    path.write_bytes(pickle.dumps(_Trap(str(marker))))
+
+  experiment.train(config, str(tmp_path))
+
+  assert not marker.exists()
+  assert "checkpoint 4 is unusable" in capsys.readouterr().err
+
+
 def test_a_dataset_with_pickled_metadata_is_refused_without_running_it(data_dir, tmp_path):
   from mmjax.data import input_pipeline
 

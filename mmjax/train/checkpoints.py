@@ -198,10 +198,6 @@ class Checkpointer:
     self._manager = self._open()
     return destination
 
-  def wait(self) -> None:
-    """Blocks until pending asynchronous saves are committed."""
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

@@ -80,7 +80,7 @@ class Trainer:
     self.train_dataset = data.train_dataset(
         config.data.batch_size, config.seed, jax.process_index(), jax.process_count()
     )
-    batch_spec = jax.eval_shape(lambda: self._global_batch_spec(self.train_dataset[0]))
+    batch_spec = self._global_batch_spec(self.train_dataset[0])
     self._init = step_lib.make_init(model, self.optimizers, batch_spec)
     self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = sharding.tree_shardings(
@@ -122,6 +122,7 @@ class Trainer:
         )
 
   def _global_batch_spec(self, local_batch: Batch) -> Batch:
+    """Shapes of the global batch that this process's `local_batch` is a part of."""
     scale = jax.process_count()
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale, *x.shape[1:]), x.dtype), local_batch)
 
