@@ -33,9 +33,9 @@ from mmjax.losses.contrastive import (
     clamped_scale,
 )
 
-# Rows per chunk. At B = 65,536 and D = 256 a loss-and-gradients step then needs under 600 MiB in
-# all (XLA's memory analysis), against 834 MiB with 1024 rows; benchmarks/contrastive_memory.py
-# compares chunk sizes (docs/scaling.md).
+# Rows per chunk. At B = 65,536 and D = 256 a loss-and-gradients step then needs 705 MiB (CLIP)
+# and 577 MiB (SigLIP) in all by XLA's memory analysis, against 1,089 and 833 MiB with 1024 rows;
+# benchmarks/contrastive_memory.py compares chunk sizes (docs/scaling.md).
 DEFAULT_CHUNK_SIZE = 512
 
 
