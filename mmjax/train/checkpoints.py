@@ -31,7 +31,8 @@ class CheckpointError(RuntimeError):
 
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   """A position-weighted 32-bit checksum of the exact bits of `x`."""
-  bits = {4: jnp.uint32, 2: jnp.uint16, 1: jnp.uint8}[x.dtype.itemsize]
+  # 8-byte values (with jax_enable_x64) bitcast to pairs of uint32 words.
+  bits = {8: jnp.uint32, 4: jnp.uint32, 2: jnp.uint16, 1: jnp.uint8}[x.dtype.itemsize]
   words = (x if x.dtype == jnp.bool_ else jax.lax.bitcast_convert_type(x, bits)).astype(jnp.uint32).ravel()
   # Odd multipliers of a Weyl sequence make the checksum sensitive to where a bit sits, so
   # swapped or shifted data changes it, not just altered values. uint32 arithmetic wraps.

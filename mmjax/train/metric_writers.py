@@ -46,8 +46,7 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     with open(self.path, encoding="utf-8") as f:
-      kept = [line for line in f if line.strip() and _complete_line_step(line) is not None]
-    kept = [line for line in kept if _complete_line_step(line) <= step]
+      kept = [line for line in f if (_complete_line_step(line) or step + 1) <= step]
     with open(self.path, "w", encoding="utf-8") as f:
       f.writelines(kept)
 
