@@ -1,6 +1,7 @@
 """Modality encoders: linen modules mapping one modality to a feature vector per sample."""
 
 from mmjax.encoders.image import ConvEncoder
-from mmjax.encoders.text import GRUTextEncoder, TransformerBlock, TransformerTextEncoder
+from mmjax.encoders.text import GRUTextEncoder, TransformerTextEncoder
+from mmjax.encoders.transformer import TransformerBlock
 
 __all__ = ["ConvEncoder", "GRUTextEncoder", "TransformerBlock", "TransformerTextEncoder"]
