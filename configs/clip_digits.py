@@ -7,6 +7,9 @@ Trains in about a minute on a 2-core CPU. Override any field on the command line
 import ml_collections
 from ml_collections import config_dict
 
+from mmjax.data.input_pipeline import modality
+from mmjax.models.encoder_configs import encoder_section
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -15,20 +18,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = dict(
       name="mm_digits",
       data_dir="",  # empty: $MMJAX_DATA_DIR or ~/tensorflow_datasets
-      tokenizer="word",
-      text_length=16,
+      modalities=dict(
+          image=modality("image", "image"),
+          text=modality("caption", "text", tokenizer="word", length=16),
+      ),
+      label="label",
+      splits=dict(train="train", eval="test"),
       batch_size=256,
       cache=True,
+      modality_dropout=dict(),  # {modality: probability of hiding it in a training example}
   )
 
   config.model = dict(
       name="contrastive",
+      modalities=("image", "text"),
       loss="clip",  # or "siglip", "nt_xent"
       embed_dim=64,
-      image_encoder=dict(channels=(32, 64, 128), strides=(1, 2, 2), kernel_size=3, norm="layer"),
-      text_encoder="gru",  # or "transformer"
-      transformer=dict(width=64, depth=2, num_heads=4, mlp_ratio=4, pooling="mean", dropout_rate=0.0),
-      gru=dict(width=64, depth=1, bidirectional=False, pooling="last"),
+      # One section per modality; `name` picks the encoder (e.g. encoders.text.name=transformer).
+      encoders=dict(
+          image=encoder_section("image", "conv", conv=dict(channels=(32, 64, 128), strides=(1, 2, 2))),
+          text=encoder_section("text", "gru", gru=dict(width=64), transformer=dict(width=64, depth=2)),
+      ),
       init_log_scale=config_dict.placeholder(float),  # unset: the loss's standard initialisation
       init_bias=config_dict.placeholder(float),
       max_scale=100.0,

@@ -1,7 +1,8 @@
 """Runs from a config: validate, build the data and the model, train, evaluate, restore.
 
 This is the one place that knows every model family and dataset by name (`mmjax.models.FAMILIES`,
-`mmjax.data.input_pipeline.BUILDERS`); the CLI, notebooks and tests all come through here.
+`mmjax.data.input_pipeline.BUILDERS`); the CLI, notebooks and tests all come through here. A config
+is checked whole (`validate_config`) before any data is read or anything is written.
 
 Example (from the repository root; see notebooks/quickstart.ipynb for a complete one)::
 
@@ -17,19 +18,21 @@ import ml_collections
 
 from mmjax import models, schema
 from mmjax.data import input_pipeline
+from mmjax.data.dataset import MultimodalData
 from mmjax.parallel import distributed, mesh as mesh_lib, sharding
 from mmjax.train import checkpoints, loop, optimizers
 
 
 def config_schema(config) -> dict:
-  """The schema the whole config must follow; the model section depends on the model family."""
+  """The schema the whole config must follow; the model section depends on the model family and
+  on the data's modalities."""
   family = config.get("model", {}).get("name")
   if family not in models.FAMILIES:
     raise schema.ConfigError(f"invalid config:\n  model.name: {family!r} is not a valid choice; valid choices: {sorted(models.FAMILIES)}")
   return {
       "seed": schema.Field(int, low=0),
-      "data": input_pipeline.CONFIG_SCHEMA,
-      "model": models.FAMILIES[family][1],
+      "data": input_pipeline.config_schema(config.get("data", {})),
+      "model": models.FAMILIES[family].config_schema(config),
       "optimizer": optimizers.CONFIG_SCHEMA,
       "train": loop.CONFIG_SCHEMA,
       "mesh": mesh_lib.CONFIG_SCHEMA,
@@ -38,9 +41,32 @@ def config_schema(config) -> dict:
   }
 
 
-def validate_config(config) -> None:
-  """Raises `mmjax.schema.ConfigError` listing every problem, before anything is built."""
-  schema.validate(config, config_schema(config))
+def config_problems(config, devices=None) -> list[str]:
+  """Problems across fields and sections of a config that follows its schema: the data against
+  the installed datasets, the model against the data, the optimizer against the run's length, the
+  mesh and batch sizes against the devices (default all devices of all processes)."""
+  return [
+      *input_pipeline.config_problems(config.data),
+      *models.FAMILIES[config.model.name].config_problems(config),
+      *optimizers.config_problems(config.optimizer, config.train.num_steps),
+      *loop.config_problems(config, devices),
+  ]
+
+
+def validate_config(config, devices=None) -> None:
+  """Raises `mmjax.schema.ConfigError` listing every problem of `config`, before anything is
+  read, built or written.
+
+  The checks against devices see all processes' devices only once the run's processes have
+  joined (`mmjax.parallel.distributed.initialize`), which `build` does first.
+  """
+  if not hasattr(config, "to_dict"):
+    config = ml_collections.ConfigDict(config)
+  problems = schema.problems(config, config_schema(config))
+  if not problems:  # checks across fields assume every field is there and well typed
+    problems = config_problems(config, devices)
+  if problems:
+    raise schema.ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 @dataclasses.dataclass
@@ -48,24 +74,24 @@ class Run:
   """A configured experiment: its config, data and model (built, not trained)."""
 
   config: ml_collections.ConfigDict
-  data: input_pipeline.ImageCaptionData
+  data: MultimodalData
   model: models.Model
 
 
-def build(config) -> Run:
-  """Validates `config`, joins the run's other processes if it has several, then loads its data
-  and builds its model."""
-  validate_config(config)
+def build(config, devices=None) -> Run:
+  """Joins the run's other processes if it has several, validates `config` (every problem at
+  once), then loads its data and builds its model. `devices` (default: all) are the mesh's."""
+  schema.validate(config, config_schema(config))  # the distributed section must be sound to join
   distributed.initialize(config.distributed)
+  validate_config(config, devices)
   data = input_pipeline.from_config(config.data)
-  family = models.FAMILIES[config.model.name][0]
-  return Run(config, data, family(config.model, data.spec, class_prompts=data.class_prompts()))
+  return Run(config, data, models.FAMILIES[config.model.name].build(config.model, data))
 
 
 def train(config, workdir: str, devices=None) -> dict[str, float]:
   """Trains as `config` says in `workdir` (resuming if it holds checkpoints); returns the final
   evaluation, also in ``workdir/eval.json``. `devices` (default: all) are the mesh's devices."""
-  run = build(config)
+  run = build(config, devices)
   return loop.train(config, workdir, run.model, run.data, devices)
 
 
@@ -95,7 +121,7 @@ def restore(workdir: str, step: int | None = None, devices=None, mesh: dict | No
   config = load_config(workdir)
   if mesh is not None:
     config.mesh.update(mesh)
-  run = build(config)
+  run = build(config, devices)
   trainer = loop.Trainer(config, run.model, run.data, devices)
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=None)
   try:

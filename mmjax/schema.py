@@ -1,8 +1,10 @@
 """Config schemas as data, checked before anything is built or compiled.
 
 A schema is a nested dict mirroring a config section: leaves are `Field`s, inner dicts are
-sub-sections. `validate` reports every problem at once (unknown or missing keys with the valid
-ones listed, wrong types, values outside a range or not among the choices).
+sub-sections, and `Entries` are sections whose keys are free names (modalities, for example), each
+value following one schema, or a schema chosen by the value itself (a modality's options depend on
+its kind). `validate` reports every problem at once (unknown or missing keys with the valid ones
+listed, wrong types, values outside a range or not among the choices).
 
 >>> schema = {"loss": Field(str, choices=("clip", "siglip")), "steps": Field(int, low=1)}
 >>> validate({"loss": "clip", "steps": 10}, schema)
@@ -16,7 +18,7 @@ mmjax.schema.ConfigError: invalid config:
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -69,8 +71,52 @@ class Field:
     return []
 
 
+@dataclasses.dataclass(frozen=True)
+class Entries:
+  """A section of freely named entries, each following the same schema.
+
+  Attributes:
+    schema: a `Field` (entries are values), a nested schema dict (entries are sections), or a
+      function from an entry's value to the schema it must follow.
+    names: if set, the names an entry may have.
+
+  >>> rates = {"dropout": Entries(Field(float, low=0.0, high=1.0), names=("image", "text"))}
+  >>> validate({"dropout": {"image": 0.5, "audio": 2.0}}, rates)
+  Traceback (most recent call last):
+  ...
+  mmjax.schema.ConfigError: invalid config:
+    dropout.audio: unknown name; valid names here: ['image', 'text']
+    dropout.audio: 2.0 is above the maximum 1.0
+  """
+
+  schema: "Field | Mapping | Callable[[Any], Field | Mapping]"
+  names: Sequence[str] | None = None
+
+
 def _names(types: tuple[type, ...]) -> str:
   return " or ".join(sorted({t.__name__ for t in types}))
+
+
+def _entry_problems(value: Any, entries: Entries, path: str) -> list[str]:
+  if not isinstance(value, Mapping):
+    return [f"{path}: expected a section of named entries, got {value!r}"]
+  found = []
+  for name in sorted(value):
+    if entries.names is not None and name not in entries.names:
+      found.append(f"{path}.{name}: unknown name; valid names here: {sorted(entries.names)}")
+    schema = entries.schema(value[name]) if callable(entries.schema) else entries.schema
+    found.extend(_value_problems(value[name], schema, f"{path}.{name}"))
+  return found
+
+
+def _value_problems(value: Any, schema: "Field | Mapping | Entries", path: str) -> list[str]:
+  if isinstance(schema, Entries):
+    return _entry_problems(value, schema, path)
+  if isinstance(schema, Mapping):
+    if not isinstance(value, Mapping):
+      return [f"{path}: expected a section with keys {sorted(schema)}, got {value!r}"]
+    return _problems(value, schema, f"{path}.")
+  return [f"{path}: {problem}" for problem in schema.problems(value)]
 
 
 def _problems(config: Mapping, schema: Mapping, prefix: str) -> list[str]:
@@ -82,14 +128,16 @@ def _problems(config: Mapping, schema: Mapping, prefix: str) -> list[str]:
       found.append(f"{path}: unknown key; valid keys here: {valid}")
     elif key not in config:
       found.append(f"{path}: missing; valid keys here: {valid}")
-    elif isinstance(schema[key], Mapping):
-      if not isinstance(config[key], Mapping):
-        found.append(f"{path}: expected a section with keys {sorted(schema[key])}, got {config[key]!r}")
-      else:
-        found.extend(_problems(config[key], schema[key], f"{path}."))
     else:
-      found.extend(f"{path}: {problem}" for problem in schema[key].problems(config[key]))
+      found.extend(_value_problems(config[key], schema[key], path))
   return found
+
+
+def problems(config: Mapping, schema: Mapping) -> list[str]:
+  """Every way `config` (a dict or an `ml_collections.ConfigDict`) departs from `schema`."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  return _problems(config, schema, "")
 
 
 def validate(config: Mapping, schema: Mapping) -> None:
@@ -99,8 +147,6 @@ def validate(config: Mapping, schema: Mapping) -> None:
     config: a dict or an `ml_collections.ConfigDict`.
     schema: nested dict of `Field`s.
   """
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  problems = _problems(config, schema, "")
-  if problems:
-    raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+  found = problems(config, schema)
+  if found:
+    raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in found))

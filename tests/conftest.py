@@ -48,11 +48,9 @@ def small_config(data_dir: str, **train):
   config.data.data_dir = data_dir
   config.data.batch_size = 32
   config.model.embed_dim = 16
-  config.model.image_encoder.channels = (8, 16)
-  config.model.image_encoder.strides = (1, 2)
-  config.model.gru.width = 16
-  config.model.transformer.width = 16
-  config.model.transformer.depth = 1
+  config.model.encoders.image.conv.update(channels=(8, 16), strides=(1, 2))
+  config.model.encoders.text.gru.width = 16
+  config.model.encoders.text.transformer.update(width=16, depth=1)
   config.optimizer.warmup_steps = 2
   config.train.update(
       dict(num_steps=12, log_every=4, eval_every=6, checkpoint_every=6, eval_batch_size=128, progress_bar=False)

@@ -9,8 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
-    "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.gru.width=16",
-    "--config.model.image_encoder.channels=(8,16)", "--config.model.image_encoder.strides=(1,2)",
+    "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.encoders.text.gru.width=16",
+    "--config.model.encoders.image.conv.channels=(8,16)", "--config.model.encoders.image.conv.strides=(1,2)",
     "--config.optimizer.warmup_steps=2", "--config.train.log_every=2", "--config.train.eval_every=4",
     "--config.train.checkpoint_every=4", "--config.train.eval_batch_size=128",
 ]

@@ -15,12 +15,12 @@ def test_default_config_is_valid():
     "change,message",
     [
         (lambda c: setattr(c.model, "loss", "triplet"), r"model.loss: 'triplet' is not a valid choice; valid choices: \['clip', 'nt_xent', 'siglip'\]"),
-        (lambda c: setattr(c.model, "text_encoder", "lstm"), r"model.text_encoder: 'lstm' is not a valid choice; valid choices: \['gru', 'transformer'\]"),
+        (lambda c: setattr(c.model.encoders.text, "name", "resnet"), r"model.encoders.text.name: 'resnet' is not a valid choice; valid choices: \['gru', 'transformer'\]"),
         (lambda c: setattr(c.train, "num_steps", 0), r"train.num_steps: 0 is below the minimum 1"),
         (lambda c: setattr(c.optimizer, "b2", 1.5), r"optimizer.b2: 1.5 is above the maximum 1.0"),
-        (lambda c: setattr(c.data, "tokenizer", "bpe"), r"data.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),
+        (lambda c: setattr(c.data.modalities.text, "tokenizer", "bpe"), r"data.modalities.text.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),
         (lambda c: c.train.update({"num_stepz": 3}), r"train.num_stepz: unknown key; valid keys here: \[.*'num_steps'"),
-        (lambda c: c.model.image_encoder.update({"channels": (8, "16")}), r"model.image_encoder.channels: every item must be int"),
+        (lambda c: c.model.encoders.image.conv.update({"channels": (8, "16")}), r"model.encoders.image.conv.channels: every item must be int"),
         (lambda c: setattr(c.model, "name", "vae"), r"model.name: 'vae' is not a valid choice; valid choices: \['contrastive'\]"),
     ],
 )
@@ -80,3 +80,28 @@ def test_wrong_types_are_named_with_the_expected_type():
   assert "train.num_steps: expected int, got str 'ten'" in message
   assert "model.remat: expected bool, got int 1" in message
   assert "sharding.rules: expected list or tuple, got str 'fsdp'" in message
+
+
+def test_problems_across_fields_are_listed_together_before_data_or_workdir_are_touched(tmp_path):
+  config = clip_digits.get_config()
+  data_dir, workdir = tmp_path / "data", tmp_path / "run"
+  data_dir.mkdir()
+  config.data.data_dir = str(data_dir)
+  config.optimizer.warmup_steps = 5000
+  config.train.accumulation_steps = 7
+  config.model.encoders.image.conv.strides = (1, 2)
+  config.data.modality_dropout = {"text": 0.5}
+  with pytest.raises(ConfigError) as error:
+    experiment.train(config, str(workdir))
+  message = str(error.value)
+  assert "optimizer.warmup_steps (5000) must be below train.num_steps (1000)" in message
+  assert "data.batch_size (256) must be divisible by the data-parallel mesh size (1) times train.accumulation_steps (7)" in message
+  assert "model.encoders.image.conv: channels (32, 64, 128) and strides (1, 2) must have the same length" in message
+  assert list(data_dir.iterdir()) == [] and not workdir.exists()
+
+
+def test_model_modalities_must_exist_in_the_data():
+  config = clip_digits.get_config()
+  config.model.modalities = ("image", "audio")
+  with pytest.raises(ConfigError, match=r"model.modalities: 'audio' is not a modality of the data; data modalities: \['image', 'text'\]"):
+    experiment.validate_config(config)

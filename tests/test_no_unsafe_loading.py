@@ -74,6 +74,10 @@ def test_a_dataset_with_pickled_metadata_is_refused_without_running_it(data_dir,
   for name in ("metadata.json", "dataset_info.json", "features.json"):
     for path in copy.rglob(name):
       path.write_bytes(pickle.dumps(_Trap(str(marker))))
+  from configs import clip_digits
+
+  config = clip_digits.get_config().data
+  config.data_dir = str(copy)
   with pytest.raises(ConfigError, match=r"the mm_digits dataset in .* is unreadable .* to have it rebuilt"):
-    input_pipeline.load("mm_digits", str(copy), "word", 16)
+    input_pipeline.from_config(config)
   assert not marker.exists()

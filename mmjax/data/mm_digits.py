@@ -9,7 +9,8 @@ deterministic given the builder config's `split_seed`.
 
 Stored as `array_record` and read through `tfds.data_source`: TensorFlow is not needed. The
 dataset's metadata holds the class names, the zero-shot prompt templates, the word vocabulary of
-the training captions and the pixel mean and standard deviation of the training images.
+the training captions and prompts, and the pixel mean and standard deviation of the training
+images (in the layout of `mmjax.data.statistics`).
 
 >>> import tempfile
 >>> builder = prepare(tempfile.mkdtemp())
@@ -29,7 +30,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from sklearn import datasets as sklearn_datasets
 
-from mmjax.data import tokenizers
+from mmjax.data import statistics
 from mmjax.data.prompts import class_prompts
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -122,8 +123,11 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 class MmDigits(tfds.core.GeneratorBasedBuilder):
   """Handwritten digits with captions; built from data bundled with scikit-learn."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Statistics and vocabulary stored per feature (mmjax.data.statistics); same examples.",
+  }
   BUILDER_CONFIGS = [MmDigitsConfig(name="default", description="split_seed=0, 20% test")]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -149,14 +153,13 @@ class MmDigits(tfds.core.GeneratorBasedBuilder):
     captions = make_captions(digits.images, labels, self.builder_config.split_seed)
     train, test = stratified_split(labels, self.builder_config.test_fraction, self.builder_config.split_seed)
 
-    train_pixels = images[train].astype(np.float64) / 255
     prompts = class_prompts(CLASS_NAMES, PROMPT_TEMPLATES)
     self.info.metadata.update({
         "class_names": list(CLASS_NAMES),
         "prompt_templates": list(PROMPT_TEMPLATES),
-        "vocabulary": tokenizers.build_vocabulary([captions[i] for i in train] + sum(prompts, [])),
-        "pixel_mean": float(train_pixels.mean()),
-        "pixel_std": float(train_pixels.std()),
+        # Prompts are in the vocabulary, so zero-shot class prompts never tokenize to UNK.
+        "vocabulary": {"caption": statistics.vocabulary([captions[i] for i in train] + sum(prompts, []))},
+        "moments": {"image": statistics.image_moments(images[train])},
     })
     examples = {"images": images, "labels": labels, "captions": captions}
     return {

@@ -3,7 +3,7 @@
 They are computed once from the training split and stored with the dataset, so every run (and
 every host) preprocesses identically. mmjax's own builders put them in the dataset's metadata at
 build time; for any other TFDS dataset they are computed on first use and written next to its
-files as ``mmjax_statistics.json``. Both use this layout, keyed by TFDS feature name::
+files (``<data_dir>/<name>/<version>/mmjax_statistics.json``). Both use this layout, keyed by TFDS feature name::
 
     {"moments": {"image": {"mean": [per channel], "std": [per channel]}, "features": {…}},
      "vocabulary": {"caption": ["<pad>", "<bos>", "<eos>", "<unk>", "a", …]}}
@@ -78,6 +78,7 @@ def write(directory: str, stats: dict) -> None:
   """Stores `stats` next to a dataset's files (atomically); read-only directories are skipped."""
   path = os.path.join(directory, FILENAME)
   try:
+    os.makedirs(directory, exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       json.dump(stats, f)
     os.replace(path + ".tmp", path)

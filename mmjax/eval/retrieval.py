@@ -65,8 +65,10 @@ def retrieval_metrics(
     text_embeddings: jax.Array,
     groups: jax.Array | None = None,
     ks: tuple[int, ...] = DEFAULT_KS,
+    directions: tuple[str, str] = ("i2t", "t2i"),
 ) -> dict[str, float]:
-  """Recall@K and mean/median rank for image→text and text→image retrieval.
+  """Recall@K and mean/median rank for image→text and text→image retrieval (or between any two
+  modalities: the first plays the image's part, the second the text's).
 
   Args:
     image_embeddings: ``[N, D]``; image ``i`` is paired with text ``i``.
@@ -74,6 +76,7 @@ def retrieval_metrics(
     groups: optional ``int[N]``: pairs with the same group are interchangeable (for example,
       identical captions). None means every pair is its own group.
     ks: the K of Recall@K.
+    directions: the names of the two directions in the metric keys.
 
   Returns:
     ``{"i2t_r1": …, "i2t_r5": …, "i2t_r10": …, "t2i_r1": …, …, "i2t_mean_rank": …,
@@ -88,8 +91,8 @@ def retrieval_metrics(
     groups = jnp.arange(image_embeddings.shape[0])
   metrics = {}
   for direction, queries, candidates in (
-      ("i2t", image_embeddings, text_embeddings),
-      ("t2i", text_embeddings, image_embeddings),
+      (directions[0], image_embeddings, text_embeddings),
+      (directions[1], text_embeddings, image_embeddings),
   ):
     ranks = np.asarray(positive_ranks(queries, candidates, groups, groups))
     for k in ks:

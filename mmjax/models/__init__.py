@@ -1,10 +1,10 @@
 """Model families built from encoders, fusion and losses; each honours `base.Model`."""
 
 from mmjax.models import contrastive
-from mmjax.models.base import Batch, LossFn, Model, Objective, Variables
+from mmjax.models.base import Batch, Family, LossFn, Model, Objective, Variables
 from mmjax.models.dual_encoder import DualEncoder
 
-# Model families by the name used in `config.model.name`, with the schema of their config section.
-FAMILIES = {"contrastive": (contrastive.ContrastiveModel, contrastive.CONFIG_SCHEMA)}
+# Model families by the name used in `config.model.name`.
+FAMILIES: dict[str, Family] = {"contrastive": contrastive.FAMILY}
 
-__all__ = ["Batch", "DualEncoder", "FAMILIES", "LossFn", "Model", "Objective", "Variables"]
+__all__ = ["Batch", "DualEncoder", "FAMILIES", "Family", "LossFn", "Model", "Objective", "Variables"]

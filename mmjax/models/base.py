@@ -22,7 +22,7 @@ micro-batch is re-embedded with gradients — so every micro-batch sees all the 
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -86,3 +86,21 @@ class Model(Protocol):
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family as the config names it (`mmjax.models.FAMILIES`).
+
+  Attributes:
+    build: ``build(model_config, data) -> Model``; `data` gives ``spec`` (a
+      `mmjax.data.spec.DataSpec`) and ``class_prompts(modality)`` for zero-shot evaluation.
+    config_schema: ``config_schema(config) -> schema`` of the ``model`` section; it may depend on
+      the rest of the config (the kinds of the data's modalities choose the valid encoders).
+    config_problems: ``config_problems(config) -> [message]``: checks across fields and sections,
+      run by `mmjax.experiment.validate_config` before any data is read.
+  """
+
+  build: Callable[[Any, Any], Model]
+  config_schema: Callable[[Any], Mapping]
+  config_problems: Callable[[Any], list[str]] = lambda config: []

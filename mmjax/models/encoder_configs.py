@@ -1,82 +1,207 @@
-"""Encoders built from config sections, with the schemas those sections must follow."""
+"""Encoders chosen per modality by name in the config, with their options as data.
 
+A model config holds one section per modality it encodes::
+
+    encoders=dict(image=encoder_section("image", "conv", conv=dict(channels=(32, 64))),
+                  text=encoder_section("text", "gru"))
+
+A section is ``{"name": <chosen encoder>, <encoder>: {options}, …}`` with the options of every
+encoder that fits the modality's kind, so ``--config.model.encoders.text.name=transformer``
+switches encoders from the command line. `ENCODERS` is the table of names: the kinds each
+encoder reads, its options with their defaults and schema, and how it is built from a
+`mmjax.data.spec.ModalitySpec`.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.data.spec import ModalitySpec
 from mmjax.encoders import ConvEncoder, GRUTextEncoder, TransformerTextEncoder
 from mmjax.encoders import layers
-from mmjax.schema import ConfigError, Field
+from mmjax.schema import Field
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-CONV_SCHEMA = {
-    "channels": Field((tuple, list), items=int, low=1),
-    "strides": Field((tuple, list), items=int, low=1),
-    "kernel_size": Field(int, low=1),
-    "norm": Field(str, choices=tuple(layers.NORMS)),
-}
-TRANSFORMER_SCHEMA = {
-    "width": Field(int, low=1),
-    "depth": Field(int, low=1),
-    "num_heads": Field(int, low=1),
-    "mlp_ratio": Field(int, low=1),
-    "pooling": Field(str, choices=tuple(layers.POOLINGS)),
-    "dropout_rate": Field(float, low=0.0, high=1.0),
-}
-GRU_SCHEMA = {
-    "width": Field(int, low=1),
-    "depth": Field(int, low=1),
-    "bidirectional": Field(bool),
-    "pooling": Field(str, choices=("last", "mean")),
-}
-TEXT_ENCODERS = ("transformer", "gru")
+
+@dataclasses.dataclass(frozen=True)
+class EncoderChoice:
+  """One entry of `ENCODERS`.
+
+  Attributes:
+    kinds: the modality kinds it encodes.
+    options: option → (default, `Field`).
+    build: ``build(options, spec, modality, features, dtype, remat) -> module``.
+    problems: cross-option checks, ``problems(options) -> [message]``.
+    batch_statistics: whether the encoder built with these options keeps batch statistics (a
+      ``batch_stats`` collection updated in training).
+  """
+
+  kinds: tuple[str, ...]
+  options: Mapping[str, tuple[object, Field]]
+  build: Callable[..., nn.Module]
+  problems: Callable[[Mapping], list[str]] = lambda options: []
+  batch_statistics: Callable[[Mapping], bool] = lambda options: False
+
+  @property
+  def defaults(self) -> dict:
+    return {key: default for key, (default, _) in self.options.items()}
+
+  @property
+  def schema(self) -> dict:
+    return {key: field for key, (_, field) in self.options.items()}
 
 
-def conv_encoder(config, features: int, dtype: str, remat: bool = False) -> ConvEncoder:
-  """A `ConvEncoder` from a section following `CONV_SCHEMA`."""
-  if len(config.channels) != len(config.strides):
-    raise ConfigError(
-        f"image encoder: channels {tuple(config.channels)} and strides {tuple(config.strides)} "
-        "must have the same length."
-    )
+def _conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del spec, modality
   return ConvEncoder(
-      features=features,
-      channels=tuple(config.channels),
-      strides=tuple(config.strides),
-      kernel_size=config.kernel_size,
-      norm=config.norm,
-      remat=remat,
-      dtype=DTYPES[dtype],
+      features=features, channels=tuple(options["channels"]), strides=tuple(options["strides"]),
+      kernel_size=options["kernel_size"], norm=options["norm"], remat=remat, dtype=dtype,
   )
 
 
-def text_encoder(config, features: int, vocab_size: int, max_length: int, dtype: str, remat: bool):
-  """The text encoder named by ``config.text_encoder``, from its section of `config`."""
-  if config.text_encoder == "transformer":
-    section = config.transformer
-    if section.width % section.num_heads:
-      raise ConfigError(f"transformer: width {section.width} must be divisible by num_heads {section.num_heads}.")
-    return TransformerTextEncoder(
-        features=features,
-        vocab_size=vocab_size,
-        max_length=max_length,
-        width=section.width,
-        depth=section.depth,
-        num_heads=section.num_heads,
-        mlp_ratio=section.mlp_ratio,
-        pooling=section.pooling,
-        dropout_rate=section.dropout_rate,
-        remat=remat,
-        dtype=DTYPES[dtype],
-    )
-  if config.text_encoder == "gru":
-    section = config.gru
-    return GRUTextEncoder(
-        features=features,
-        vocab_size=vocab_size,
-        width=section.width,
-        depth=section.depth,
-        bidirectional=section.bidirectional,
-        pooling=section.pooling,
-        dtype=DTYPES[dtype],
-    )
-  raise ConfigError(f"Unknown text encoder {config.text_encoder!r}; valid choices: {list(TEXT_ENCODERS)}.")
+def _conv_problems(options) -> list[str]:
+  if len(options["channels"]) != len(options["strides"]):
+    return [f"channels {tuple(options['channels'])} and strides {tuple(options['strides'])} must have the same length"]
+  return []
+
+
+def _transformer(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del modality
+  return TransformerTextEncoder(
+      features=features, vocab_size=spec.vocab_size, max_length=spec.shape[0], width=options["width"],
+      depth=options["depth"], num_heads=options["num_heads"], mlp_ratio=options["mlp_ratio"],
+      pooling=options["pooling"], dropout_rate=options["dropout_rate"], remat=remat, dtype=dtype,
+  )
+
+
+def _heads_divide_width(options) -> list[str]:
+  if options["width"] % options["num_heads"]:
+    return [f"width {options['width']} must be divisible by num_heads {options['num_heads']}"]
+  return []
+
+
+def _gru(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del modality, remat
+  return GRUTextEncoder(
+      features=features, vocab_size=spec.vocab_size, width=options["width"], depth=options["depth"],
+      bidirectional=options["bidirectional"], pooling=options["pooling"], dtype=dtype,
+  )
+
+
+ENCODERS: dict[str, EncoderChoice] = {
+    "conv": EncoderChoice(
+        kinds=("image",),
+        options={
+            "channels": ((32, 64, 128), Field((tuple, list), items=int, low=1)),
+            "strides": ((1, 2, 2), Field((tuple, list), items=int, low=1)),
+            "kernel_size": (3, Field(int, low=1)),
+            "norm": ("layer", Field(str, choices=tuple(layers.NORMS))),
+        },
+        build=_conv,
+        problems=_conv_problems,
+    ),
+    "transformer": EncoderChoice(
+        kinds=("text",),
+        options={
+            "width": (64, Field(int, low=1)),
+            "depth": (2, Field(int, low=1)),
+            "num_heads": (4, Field(int, low=1)),
+            "mlp_ratio": (4, Field(int, low=1)),
+            "pooling": ("mean", Field(str, choices=tuple(layers.POOLINGS))),
+            "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
+        },
+        build=_transformer,
+        problems=_heads_divide_width,
+    ),
+    "gru": EncoderChoice(
+        kinds=("text",),
+        options={
+            "width": (64, Field(int, low=1)),
+            "depth": (1, Field(int, low=1)),
+            "bidirectional": (False, Field(bool)),
+            "pooling": ("last", Field(str, choices=("last", "mean"))),
+        },
+        build=_gru,
+    ),
+}
+
+
+def names_for(kind: str) -> tuple[str, ...]:
+  """The encoders that read modalities of `kind`."""
+  return tuple(name for name, choice in ENCODERS.items() if kind in choice.kinds)
+
+
+def encoder_section(kind: str, name: str, **overrides: Mapping) -> dict:
+  """A modality's encoder section: `name` chosen, every encoder of `kind` with its defaults,
+  updated by ``overrides[encoder] = {option: value}``.
+
+  >>> section = encoder_section("text", "gru", gru=dict(width=32))
+  >>> section["name"], section["gru"]["width"], sorted(section)
+  ('gru', 32, ['gru', 'name', 'transformer'])
+  """
+  valid = names_for(kind)
+  if name not in valid:
+    raise ValueError(f"no encoder {name!r} for kind {kind!r}; valid choices: {sorted(valid)}.")
+  unknown = sorted(set(overrides) - set(valid))
+  if unknown:
+    raise ValueError(f"encoders {unknown} do not read kind {kind!r}; valid choices: {sorted(valid)}.")
+  return {"name": name, **{encoder: {**ENCODERS[encoder].defaults, **overrides.get(encoder, {})} for encoder in valid}}
+
+
+def section_schema(kind: str, section: Mapping) -> dict:
+  """The schema of an encoder section for a modality of `kind`: the chosen name and the options
+  of those of its encoders that the section lists (any other key is reported as unknown)."""
+  valid = names_for(kind)
+  listed = set(section) if hasattr(section, "keys") else set()
+  return {"name": Field(str, choices=valid), **{encoder: ENCODERS[encoder].schema for encoder in valid if encoder in listed}}
+
+
+def section_problems(path: str, kind: str, section: Mapping) -> list[str]:
+  """Problems of a schema-valid encoder section across its options: the chosen encoder's options
+  missing, inconsistent options."""
+  name = section["name"]
+  if name not in section:
+    return [f"{path}: the chosen encoder {name!r} has no options section {path}.{name}"]
+  return [f"{path}.{name}: {problem}" for problem in ENCODERS[name].problems(section[name])]
+
+
+def build_encoder(section: Mapping, spec: ModalitySpec, modality: str, features: int, dtype: str, remat: bool) -> nn.Module:
+  """The encoder a modality's section chooses, built for `spec`."""
+  choice = ENCODERS[section["name"]]
+  return choice.build(section[section["name"]], spec, modality, features, DTYPES[dtype], remat)
+
+
+def any_batch_statistics(encoders: Mapping, modalities) -> bool:
+  """Whether any of the chosen encoders of `modalities` keeps batch statistics."""
+  return any(ENCODERS[encoders[m]["name"]].batch_statistics(encoders[m][encoders[m]["name"]]) for m in modalities)
+
+
+def modalities_problems(config, modalities, exactly: int | None = None) -> list[str]:
+  """Problems of a model's ``modalities`` and ``encoders`` against the data: every modality the
+  model reads exists in the data and has an encoder section that is consistent.
+
+  Args:
+    config: the whole config.
+    modalities: the modalities the model reads.
+    exactly: the number of modalities the model needs, if fixed.
+  """
+  data = sorted(config.data.modalities)
+  problems = []
+  if exactly is not None and len(modalities) != exactly:
+    problems.append(f"model.modalities: the model reads exactly {exactly} modalities, got {list(modalities)}")
+  if len(set(modalities)) != len(modalities):
+    problems.append(f"model.modalities: {list(modalities)} names a modality twice")
+  for m in modalities:
+    if m not in config.data.modalities:
+      problems.append(f"model.modalities: {m!r} is not a modality of the data; data modalities: {data}")
+    elif m not in config.model.encoders:
+      problems.append(f"model.encoders: no encoder section for modality {m!r}")
+    else:
+      problems.extend(section_problems(f"model.encoders.{m}", config.data.modalities[m]["kind"], config.model.encoders[m]))
+  for m in config.model.encoders:
+    if m not in config.data.modalities:
+      problems.append(f"model.encoders.{m}: {m!r} is not a modality of the data; data modalities: {data}")
+  return problems

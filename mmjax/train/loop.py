@@ -8,6 +8,7 @@ and its evaluation (`mmjax.models.base.Model`), the data brings batches (`TrainD
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -41,6 +42,30 @@ CONFIG_SCHEMA = {
 }
 
 
+def config_problems(config, devices: Sequence[jax.Device] | None = None) -> list[str]:
+  """Problems of the mesh, sharding rules and batch sizes against `devices` (default: all)."""
+  devices = jax.devices() if devices is None else devices
+  try:
+    shape = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, len(devices))))
+    sharding.validate_rules(config.sharding.rules, mesh_lib.AXES)
+  except ConfigError as error:
+    return [str(error)]
+  parallel = math.prod(shape[axis] for axis in mesh_lib.BATCH_AXES)
+  micro_batches = config.train.accumulation_steps
+  problems = []
+  for name, size, unit in (
+      ("data.batch_size", config.data.batch_size, parallel * micro_batches),
+      ("train.eval_batch_size", config.train.eval_batch_size, parallel),
+  ):
+    if size % unit or size % jax.process_count():
+      problems.append(
+          f"{name} ({size}) must be divisible by the data-parallel mesh size ({parallel})"
+          + (f" times train.accumulation_steps ({micro_batches})" if name == "data.batch_size" else "")
+          + f" and by the process count ({jax.process_count()})"
+      )
+  return problems
+
+
 class TrainData(Protocol):
   """What the loop needs from a dataset."""
 
@@ -67,11 +92,13 @@ class Trainer:
       devices: the devices of the mesh; default all devices of all processes. A subset lets a
         checkpoint written on one topology be restored and evaluated on another.
     """
+    problems = config_problems(config, devices)
+    if problems:
+      raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
     self.config = config
     self.model = model
     self.data = data
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
-    self._check_batch_sizes()
     self.optimizers, self.schedules = {}, {}
     for objective in model.objectives:
       self.optimizers[objective.name], self.schedules[objective.name] = optimizers.make_optimizer(
@@ -105,21 +132,6 @@ class Trainer:
     """One compiled, donating step; the mesh is set so models can `jax.shard_map` over it."""
     with jax.set_mesh(self.mesh):
       return self._compiled_step(state, batch)
-
-  def _check_batch_sizes(self) -> None:
-    parallel = mesh_lib.data_parallel_size(self.mesh)
-    micro_batches = self.config.train.accumulation_steps
-    requirements = {
-        "data.batch_size": (self.config.data.batch_size, parallel * micro_batches),
-        "train.eval_batch_size": (self.config.train.eval_batch_size, parallel),
-    }
-    for name, (size, unit) in requirements.items():
-      if size % unit or size % jax.process_count():
-        raise ConfigError(
-            f"{name} ({size}) must be divisible by the data-parallel mesh size ({parallel})"
-            + (f" times train.accumulation_steps ({micro_batches})" if name == "data.batch_size" else "")
-            + f" and by the process count ({jax.process_count()})."
-        )
 
   def _global_batch_spec(self, local_batch: Batch) -> Batch:
     """Shapes of the global batch that this process's `local_batch` is a part of."""

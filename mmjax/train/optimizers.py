@@ -23,6 +23,13 @@ CONFIG_SCHEMA = {
 }
 
 
+def config_problems(config, num_steps: int) -> list[str]:
+  """Problems of the ``optimizer`` section against the run's length."""
+  if config.schedule == "warmup_cosine" and config.warmup_steps >= num_steps:
+    return [f"optimizer.warmup_steps ({config.warmup_steps}) must be below train.num_steps ({num_steps})"]
+  return []
+
+
 def decay_mask(params) -> object:
   """True for the parameters that get weight decay: matrices and kernels.
 
@@ -38,8 +45,9 @@ def make_schedule(config, num_steps: int) -> optax.Schedule:
     return optax.constant_schedule(config.learning_rate)
   if config.schedule != "warmup_cosine":
     raise ConfigError(f"Unknown schedule {config.schedule!r}; valid choices: {list(SCHEDULES)}.")
-  if config.warmup_steps >= num_steps:
-    raise ConfigError(f"optimizer.warmup_steps ({config.warmup_steps}) must be below train.num_steps ({num_steps}).")
+  problems = config_problems(config, num_steps)
+  if problems:
+    raise ConfigError(problems[0] + ".")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
       peak_value=config.learning_rate,

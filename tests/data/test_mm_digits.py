@@ -66,6 +66,8 @@ def test_metadata_and_reading_back_through_tfds_data_source(data_dir):
   assert len(source) == 1438
   info = tfds.builder("mm_digits", data_dir=data_dir).info
   assert info.metadata["class_names"][7] == "seven"
-  assert info.metadata["vocabulary"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
-  assert 0.2 < info.metadata["pixel_mean"] < 0.4
+  assert info.metadata["vocabulary"]["caption"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+  mean, std = info.metadata["moments"]["image"]["mean"], info.metadata["moments"]["image"]["std"]
+  train = np.stack([source[i]["image"] for i in range(len(source))]).astype(np.float64) / 255
+  np.testing.assert_allclose([mean[0], std[0]], [train.mean(), train.std()], rtol=1e-9)
   assert "tensorflow" not in sys.modules

@@ -100,6 +100,10 @@ def test_evaluate_reports_the_public_metric_names(built):
   assert metrics["num_examples"] == 359
 
 
-def test_inconsistent_model_config_fails_before_building(built):
-  with pytest.raises(ConfigError, match=r"channels \(8, 16\) and strides \(1,\) must have the same length"):
-    built(image_encoder=dict(channels=(8, 16), strides=(1,), kernel_size=3, norm="layer"))
+def test_inconsistent_model_config_fails_before_building(data_dir):
+  from tests.conftest import small_config
+
+  config = small_config(data_dir)
+  config.model.encoders.image.conv.strides = (1,)
+  with pytest.raises(ConfigError, match=r"model.encoders.image.conv: channels \(8, 16\) and strides \(1,\) must have the same length"):
+    experiment.build(config)

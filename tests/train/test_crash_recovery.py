@@ -78,8 +78,8 @@ def test_sigkill_at_five_points_loses_nothing(data_dir, tmp_path):
 
 def _cli(data_dir, workdir, *overrides):
   small = [
-      "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.gru.width=16",
-      "--config.model.image_encoder.channels=(8,16)", "--config.model.image_encoder.strides=(1,2)",
+      "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.encoders.text.gru.width=16",
+      "--config.model.encoders.image.conv.channels=(8,16)", "--config.model.encoders.image.conv.strides=(1,2)",
       "--config.optimizer.warmup_steps=2", "--config.train.log_every=1", "--config.train.eval_every=1000",
       "--config.train.checkpoint_every=100", "--config.train.eval_batch_size=128", "--config.train.num_steps=2000",
   ]

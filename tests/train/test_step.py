@@ -102,8 +102,9 @@ def test_bfloat16_computation_with_remat_trains_float32_parameters(data_dir):
   from tests.conftest import small_config
 
   config = small_config(data_dir)
-  config.model.update({"dtype": "bfloat16", "remat": True, "text_encoder": "transformer"})
-  config.model.image_encoder.norm = "rms"
+  config.model.update({"dtype": "bfloat16", "remat": True})
+  config.model.encoders.text.name = "transformer"
+  config.model.encoders.image.conv.norm = "rms"
   run = experiment.build(config)
   optimizers = {"contrastive": optax.adam(1e-3)}
   batch = run.data.train_dataset(32, seed=0)[0]
