@@ -32,14 +32,35 @@ sys.path.insert(0, ROOT)  # for `configs`
 from configs import clip_digits  # noqa: E402
 
 
+def _shared_data_dir(tmp_path_factory, prepare) -> str:
+  """A TFDS data directory shared by this session's xdist workers, `prepare`d once (under a lock)."""
+  import fcntl
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the base directory all workers of the session share
+  directory = root / "tensorflow_datasets"
+  directory.mkdir(exist_ok=True)
+  with open(root / "tensorflow_datasets.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    prepare(str(directory))
+  return str(directory)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
   """A TFDS data directory holding mm_digits (built here, offline)."""
   from mmjax.data import mm_digits
 
-  directory = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-  mm_digits.prepare(directory)
-  return directory
+  return _shared_data_dir(tmp_path_factory, mm_digits.prepare)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> str:
+  """A TFDS data directory holding mm_shapes (default config) and mm_digits."""
+  from mmjax.data import mm_shapes
+
+  return _shared_data_dir(tmp_path_factory, mm_shapes.prepare)
 
 
 def small_config(data_dir: str, **train):

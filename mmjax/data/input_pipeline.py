@@ -18,13 +18,14 @@ import os
 
 import tensorflow_datasets as tfds
 
-from mmjax.data import mm_digits, preprocess, tokenizers
+from mmjax.data import mm_digits, mm_shapes, preprocess, tokenizers
 from mmjax.data.dataset import ModalityConfig, MultimodalData
 from mmjax.data.spec import KINDS, LABEL_KEY, RESERVED_KEYS
 from mmjax.schema import ConfigError, Entries, Field
 
-# Datasets that mmjax builds itself (offline, on first use), by the name used in `config.data.name`.
-BUILDERS = {"mm_digits": mm_digits.prepare}
+# Datasets that mmjax builds itself (offline, on first use), by the name used in `config.data.name`;
+# ``name/config`` picks one of a builder's configs (``mm_shapes/missing``).
+BUILDERS = {"mm_digits": mm_digits.prepare, "mm_shapes": mm_shapes.prepare}
 
 # The options of a modality section, by kind, with their defaults.
 KIND_OPTIONS = {
@@ -89,7 +90,7 @@ def config_problems(config) -> list[str]:
     problems.append(f"data.modalities: names {reserved} are reserved")
   if LABEL_KEY in config.modalities and config.modalities[LABEL_KEY].get("kind") != "label":
     problems.append(f"data.modalities.{LABEL_KEY}: a modality named {LABEL_KEY!r} is the class label and must be of kind 'label'")
-  if config.name not in BUILDERS and config.name.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
+  if _base_name(config.name) not in BUILDERS and _base_name(config.name) not in tfds.list_builders(with_community_datasets=False):
     problems.append(
         f"data.name: {config.name!r} is neither one of mmjax's datasets {sorted(BUILDERS)} nor a registered TFDS dataset"
     )
@@ -120,10 +121,16 @@ def resolve_data_dir(configured: str | None) -> str:
   return path
 
 
+def _base_name(name: str) -> str:
+  """The dataset of a TFDS name that may carry a config and a version (``name/config:1.0.0``)."""
+  return name.split(":")[0].split("/")[0]
+
+
 def builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
   """Dataset `name` in `directory`: one of mmjax's (built there if needed) or a TFDS dataset."""
-  if name in BUILDERS:
-    return BUILDERS[name](directory)
+  if _base_name(name) in BUILDERS:
+    variant = name.partition("/")[2]
+    return BUILDERS[_base_name(name)](directory, variant or "default")
   try:
     return tfds.builder(name, data_dir=directory)
   except tfds.core.registered.DatasetNotFoundError as error:

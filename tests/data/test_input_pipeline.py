@@ -142,3 +142,23 @@ def test_a_missing_or_unusable_data_dir_fails_clearly(monkeypatch, tmp_path):
   (blocked / "mm_digits").write_text("a file where the dataset's directory must go")
   with pytest.raises(ConfigError, match="cannot build mm_digits into"):
     input_pipeline.from_config(_config(str(blocked)))
+
+
+def test_mm_shapes_serves_image_audio_and_caption(shapes_dir):
+  from mmjax.data import mm_shapes
+
+  config = _config(shapes_dir, name="mm_shapes")
+  config.modalities = dict(
+      image=input_pipeline.modality("image", "image", "image_present"),
+      audio=input_pipeline.modality("audio", "audio", "audio_present"),
+      caption=input_pipeline.modality("caption", "text", "caption_present", length=12),
+  )
+  data = input_pipeline.from_config(config)
+  spec = data.spec.modalities
+  assert spec["audio"].shape == (mm_shapes.NUM_SAMPLES,) and spec["audio"].sample_rate == mm_shapes.SAMPLE_RATE
+  assert spec["image"].shape == (32, 32, 3) and data.spec.class_names == mm_shapes.CLASS_NAMES
+  batch = next(data.eval_batches(64))
+  raw = data.sources["eval"][0]
+  np.testing.assert_allclose(batch["audio"][0], raw["audio"] / 32768.0, rtol=1e-6)
+  assert np.abs(batch["audio"]).max() <= 1.0 and (batch["caption"][:, 0] == 1).all()
+  assert not (batch["caption"] == 3).any()  # test captions use only words of the training vocabulary
