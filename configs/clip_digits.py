@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
       # state and stop; "skip": drop that update and go on, halting after this many in a row.
       nonfinite_policy="halt",
       max_nonfinite_in_a_row=10,
+      peak_flops_per_device=config_dict.placeholder(float),  # unset: the data-sheet peak where known
   )
 
   # Devices: `data` × `fsdp` × `model`; -1 takes the rest. See docs/scaling.md.

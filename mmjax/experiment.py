@@ -20,7 +20,7 @@ from mmjax import models, schema
 from mmjax.data import input_pipeline
 from mmjax.data.dataset import MultimodalData
 from mmjax.parallel import distributed, mesh as mesh_lib, sharding
-from mmjax.train import checkpoints, loop, optimizers
+from mmjax.train import checkpoints, loop, metric_writers, optimizers
 
 
 def config_schema(config) -> dict:
@@ -142,7 +142,9 @@ def evaluate(workdir: str, step: int | None = None, devices=None, mesh: dict | N
   `devices` and `mesh` are as in `restore`.
   """
   _, trainer, state = restore(workdir, step, devices, mesh)
-  metrics = {"step": int(state.step), **trainer.evaluate(state)}
+  evaluation, images = loop.split_images(trainer.evaluate(state))
+  metrics = {"step": int(state.step), **evaluation}
   with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2)
+  metric_writers.write_pngs(os.path.join(workdir, "images"), int(state.step), images)
   return metrics

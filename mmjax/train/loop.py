@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mmjax.models.base import Batch, Model
 from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.schema import ConfigError, Field
-from mmjax.train import checkpoints, faults, metric_writers, optimizers, step as step_lib
+from mmjax.train import checkpoints, faults, metric_writers, optimizers, step as step_lib, utilization
 
 CONFIG_SCHEMA = {
     "num_steps": Field(int, low=1),
@@ -39,6 +39,8 @@ CONFIG_SCHEMA = {
     "progress_bar": Field(bool),
     "nonfinite_policy": Field(str, choices=faults.NONFINITE_POLICIES),
     "max_nonfinite_in_a_row": Field(int, low=1),
+    # Peak FLOP/s of one device for the logged MFU; None: the data-sheet value where known.
+    "peak_flops_per_device": Field(float, low=0.0, nullable=True),
 }
 
 
@@ -114,7 +116,8 @@ class Trainer:
         self.abstract_state, self.mesh, config.sharding.rules, config.sharding.fsdp_min_size
     )
     micro_batch_sharding = NamedSharding(self.mesh, P(None, mesh_lib.BATCH_AXES))
-    self._compiled_step = jax.jit(
+    self._executable = None
+    self._jitted_step = jax.jit(
         step_lib.make_train_step(
             model,
             self.optimizers,
@@ -129,9 +132,20 @@ class Trainer:
     )
 
   def train_step(self, state: step_lib.TrainState, batch: Batch) -> tuple[step_lib.TrainState, dict]:
-    """One compiled, donating step; the mesh is set so models can `jax.shard_map` over it."""
+    """One compiled, donating step; the mesh is set so models can `jax.shard_map` over it.
+
+    The step is compiled ahead of time at the first call, once, which also gives its FLOPs
+    (`step_flops`).
+    """
     with jax.set_mesh(self.mesh):
-      return self._compiled_step(state, batch)
+      if self._executable is None:
+        self._executable = self._jitted_step.lower(state, batch).compile()
+      return self._executable(state, batch)
+
+  @property
+  def step_flops(self) -> float | None:
+    """FLOPs of one device's part of a step (known once the step is compiled)."""
+    return utilization.step_flops(self._executable) if self._executable is not None else None
 
   def _global_batch_spec(self, local_batch: Batch) -> Batch:
     """Shapes of the global batch that this process's `local_batch` is a part of."""
@@ -225,20 +239,24 @@ def train(
 
   writer = metric_writers.MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
   progress = metric_writers.ProgressBar(num_steps, start_step, enabled=is_writer and config.train.progress_bar)
+  peak = utilization.peak_flops(trainer.mesh.devices.flat[0], config.train.peak_flops_per_device)
   window: list[dict[str, float]] = []
-  window_start, window_first_step = time.perf_counter(), start_step
+  window_start, window_first_step, waiting = time.perf_counter(), start_step, 0.0
   final = None
   try:
     with faults.StopSignals() as stop:
       for step in range(start_step + 1, num_steps + 1):
-        state, metrics = trainer.train_step(state, trainer.put(next(iterator)))
+        fetch_start = time.perf_counter()
+        batch = trainer.put(next(iterator))
+        waiting += time.perf_counter() - fetch_start
+        state, metrics = trainer.train_step(state, batch)
         # A few scalars: fetching them every step keeps the guard, the progress bar and the
         # timings exact, while Grain's prefetch thread keeps the next batch ready.
         metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
         window.append(metrics)
         if step == start_step + 1:
           # Throughput is timed from the end of the first step, which includes compilation.
-          window_start, window_first_step = time.perf_counter(), step
+          window_start, window_first_step, waiting = time.perf_counter(), step, 0.0
         if not metrics["finite"]:
           _on_nonfinite(config.train, step, metrics, state, checkpointer, iterator)
 
@@ -248,14 +266,17 @@ def train(
           record = {**_mean_metrics(window), **trainer.learning_rates(step - 1)}
           record["skipped_steps"] = int(state.skipped_steps)
           if step > window_first_step:
-            record["steps_per_sec"] = (step - window_first_step) / (time.perf_counter() - window_start)
+            seconds = time.perf_counter() - window_start
+            record["steps_per_sec"] = (step - window_first_step) / seconds
             record["examples_per_sec"] = record["steps_per_sec"] * config.data.batch_size
+            record.update(utilization.window_metrics(seconds, waiting, step - window_first_step, trainer.step_flops, peak))
           if evaluate_now:
-            evaluation = trainer.evaluate(state)
+            evaluation, images = split_images(trainer.evaluate(state))
             final = evaluation if step == num_steps else None
             record.update({f"eval/{k}": v for k, v in evaluation.items()})
+            writer.write_images(step, images)
           writer.write(step, record)
-          window, window_start, window_first_step = [], time.perf_counter(), step
+          window, window_start, window_first_step, waiting = [], time.perf_counter(), step, 0.0
         progress.update(1, record)
         if stop.requested(step) and step < num_steps:
           checkpointer.save(step, state, iterator.get_state(), force=True)
@@ -266,11 +287,17 @@ def train(
     writer.close()
     checkpointer.close()
 
-  final = {"step": int(state.step), **(final or trainer.evaluate(state))}
+  final = {"step": int(state.step), **(final or split_images(trainer.evaluate(state))[0])}
   if is_writer:
     with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
       json.dump(final, f, indent=2)
   return final
+
+
+def split_images(evaluation: dict) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """An evaluation's scalar metrics, and its images (uint8 arrays, e.g. sample grids)."""
+  images = {key: value for key, value in evaluation.items() if isinstance(value, np.ndarray) and value.ndim >= 2}
+  return {key: value for key, value in evaluation.items() if key not in images}, images
 
 
 def _report(message: str) -> None:

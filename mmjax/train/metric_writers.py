@@ -1,8 +1,10 @@
-"""Where training metrics go: ``metrics.jsonl``, TensorBoard event files and a progress bar.
+"""Where training metrics go: ``metrics.jsonl``, TensorBoard event files, images and a progress bar.
 
 ``metrics.jsonl`` holds one JSON object per logged step: ``step``, ``loss``, ``learning_rate``,
-throughput, the model's other training metrics, and evaluation metrics (prefixed ``eval/``) when
-the step was evaluated. Only process 0 writes.
+throughput and utilisation (``input_wait_fraction``, ``tflops_per_device``, ``mfu``), the
+model's other training metrics, and evaluation metrics (prefixed ``eval/``) when the step was
+evaluated. Images an evaluation returns (sample grids) go to ``images/<step>/<name>.png`` and to
+TensorBoard. Only process 0 writes.
 """
 
 import json
@@ -10,10 +12,11 @@ import math
 import os
 from collections.abc import Mapping
 
+import numpy as np
 import tqdm
 
 # Fields that measure the machine rather than the run: they differ between identical runs.
-WALL_CLOCK_KEYS = ("examples_per_sec", "steps_per_sec")
+WALL_CLOCK_KEYS = ("examples_per_sec", "steps_per_sec", "input_wait_fraction", "tflops_per_device", "mfu")
 
 
 def _jsonable(value):
@@ -61,10 +64,38 @@ class MetricWriter:
         self._tb.add_scalar(name, value, step)
     self._tb.flush()
 
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """PNG files under ``images/<step>/`` and TensorBoard images of uint8 ``[H, W, C]`` arrays."""
+    if not (self.enabled and images):
+      return
+    write_pngs(os.path.join(os.path.dirname(self.path), "images"), step, images)
+    for name, image in images.items():
+      self._tb.add_image(name, _hwc(image), step, dataformats="HWC")
+    self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._file.close()
       self._tb.close()
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+  return image[..., None] if image.ndim == 2 else image
+
+
+def write_pngs(directory: str, step: int, images: Mapping[str, np.ndarray]) -> list[str]:
+  """Writes uint8 ``[H, W]`` or ``[H, W, C]`` arrays as ``directory/<step>/<name>.png``."""
+  import PIL.Image
+
+  folder = os.path.join(directory, str(step))
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for name, image in images.items():
+    path = os.path.join(folder, name.replace("/", "_") + ".png")
+    image = _hwc(np.asarray(image, np.uint8))
+    PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    paths.append(path)
+  return paths
 
 
 def _complete_line_step(line: str) -> int | None:
@@ -84,7 +115,7 @@ class ProgressBar:
   def update(self, steps: int, metrics: Mapping[str, float] | None = None) -> None:
     self._bar.update(steps)
     if metrics:
-      shown = {k: metrics[k] for k in ("loss", "examples_per_sec") if k in metrics}
+      shown = {k: metrics[k] for k in ("loss", "examples_per_sec", "input_wait_fraction", "mfu") if k in metrics}
       self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
   def close(self) -> None:

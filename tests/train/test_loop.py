@@ -31,6 +31,10 @@ def test_short_run_lowers_the_loss_and_writes_its_outputs(small, tmp_path):
   assert records[-1]["loss"] < records[0]["loss"] - 0.3
   for key in ("loss", "learning_rate", "examples_per_sec", "grad_norm", "logit_scale"):
     assert all(np.isfinite(r[key]) for r in records), key
+  # Utilisation: waiting for data is a fraction of the wall time; the step's FLOPs are counted
+  # (no MFU on a CPU without train.peak_flops_per_device).
+  assert all(0.0 <= r["input_wait_fraction"] < 1.0 for r in records)
+  assert all(r["tflops_per_device"] > 0 for r in records) and "mfu" not in records[0]
   assert "eval/zeroshot_top1" in records[1] and "eval/zeroshot_top1" not in records[0]
   with open(tmp_path / "eval.json") as f:
     assert json.load(f) == final
@@ -75,18 +79,10 @@ def test_restart_of_a_finished_run_changes_nothing(small, tmp_path):
   assert [r["step"] for r in _read_metrics(tmp_path)] == [3, 6]
 
 
-def test_step_and_evaluation_compile_once(small):
-  config = small(num_steps=4)
-  run = experiment.build(config)
-  trainer = loop.Trainer(config, run.model, run.data)
-  state = trainer.init_state(0)
-  iterator = iter(trainer.train_dataset.to_iter_dataset())
-  for _ in range(3):
-    state, _ = trainer.train_step(state, trainer.put(next(iterator)))
-    trainer.evaluate(state)  # several eval batches, the last one padded
-  assert trainer._compiled_step._cache_size() == 1
-  assert run.model._embed._cache_size() == 1
-  assert run.model.class_embeddings._cache_size() == 1
+def test_step_and_evaluation_compile_once(small, tmp_path, monkeypatch):
+  from tests import compilations
+
+  compilations.assert_compiles_once(small(num_steps=6, eval_every=2, checkpoint_every=100), str(tmp_path), monkeypatch)
 
 
 def test_unwritable_workdir_fails_before_training(small, tmp_path):
@@ -107,3 +103,18 @@ def test_same_seed_same_run(small, tmp_path):
   other.seed = 1
   experiment.train(other, str(tmp_path / "c"))
   assert strip(_read_metrics(tmp_path / "c")) != strip(_read_metrics(tmp_path / "a"))
+
+
+def test_mfu_is_logged_against_the_configured_peak_and_images_are_written(small, tmp_path, monkeypatch):
+  config = small(num_steps=8, log_every=4, eval_every=8, checkpoint_every=8, peak_flops_per_device=1e9)
+  grid = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+  original = loop.Trainer.evaluate
+  monkeypatch.setattr(loop.Trainer, "evaluate", lambda self, state: {**original(self, state), "samples/grid": grid})
+  final = experiment.train(config, str(tmp_path))
+  records = _read_metrics(tmp_path)
+  for record in records[1:]:
+    assert record["mfu"] == pytest.approx(record["tflops_per_device"] * 1e12 / 1e9)
+  assert "samples/grid" not in final and "eval/samples/grid" not in records[-1]
+  import PIL.Image
+
+  np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "images" / "8" / "samples_grid.png")), grid)
