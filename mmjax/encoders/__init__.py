@@ -1,7 +1,20 @@
 """Modality encoders: linen modules mapping one modality to a feature vector per sample."""
 
+from mmjax.encoders.audio import LogMelCNN, WaveformConvEncoder, log_mel_spectrogram, mel_filterbank
 from mmjax.encoders.image import ConvEncoder
 from mmjax.encoders.text import GRUTextEncoder, TransformerTextEncoder
 from mmjax.encoders.transformer import TransformerBlock
+from mmjax.encoders.vector import LabelEncoder, MLPEncoder
 
-__all__ = ["ConvEncoder", "GRUTextEncoder", "TransformerBlock", "TransformerTextEncoder"]
+__all__ = [
+    "ConvEncoder",
+    "GRUTextEncoder",
+    "LabelEncoder",
+    "LogMelCNN",
+    "MLPEncoder",
+    "TransformerBlock",
+    "TransformerTextEncoder",
+    "WaveformConvEncoder",
+    "log_mel_spectrogram",
+    "mel_filterbank",
+]

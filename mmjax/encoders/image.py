@@ -11,17 +11,23 @@ from mmjax.encoders import layers
 
 
 class ConvStage(nn.Module):
-  """``conv → norm → gelu``: one stage of `ConvEncoder`."""
+  """``conv → norm → gelu``: one stage of `ConvEncoder` and of the audio encoders.
+
+  `spatial_dims` is 2 for images and spectrograms ``[B, H, W, C]``, 1 for waveforms ``[B, S, C]``;
+  the kernel is `kernel_size` long along every spatial axis.
+  """
 
   channels: int
   stride: int
   kernel_size: int
   norm: str
   dtype: jnp.dtype = jnp.float32
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.channels, (self.kernel_size,) * 2, strides=self.stride, dtype=self.dtype, name="conv")(x)
+    kernel = (self.kernel_size,) * self.spatial_dims
+    x = nn.Conv(self.channels, kernel, strides=self.stride, dtype=self.dtype, name="conv")(x)
     return nn.gelu(layers.make_norm(self.norm, self.dtype, name="norm")(x))
 
 
