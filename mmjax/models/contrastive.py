@@ -177,22 +177,23 @@ class ContrastiveModel:
     return evaluation.class_embeddings(embedded.reshape(classes, templates, -1))
 
   def embed(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, np.ndarray]:
-    """Embeddings of both modalities, the second modality's inputs (``"inputs"``) and the labels
-    (when the data has them) of every complete pair in `batches`, on the host.
+    """The embeddings of both modalities (by modality name, under ``"embeddings"``), the second
+    modality's inputs (``"inputs"``) and the labels (when the data has them) of every complete
+    pair in `batches`, on the host.
 
     Works with batches sharded over several processes: every process gets the whole result.
     """
     first, second = self.modalities
     parts = []
     for batch in batches:
-      embeddings = self._embed(variables, batch)
       fetched = distributed.to_host({
-          **embeddings, "inputs": batch[second], "keep": batch["present"][first] & batch["present"][second],
+          "embeddings": self._embed(variables, batch), "inputs": batch[second],
+          "keep": batch["present"][first] & batch["present"][second],
           **({"label": batch["label"]} if "label" in batch else {}),
       })
       keep = fetched.pop("keep")
-      parts.append({key: value[keep] for key, value in fetched.items()})
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+      parts.append(jax.tree.map(lambda value: value[keep], fetched))
+    return jax.tree.map(lambda *values: np.concatenate(values), *parts)
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
     """Retrieval in both directions and, with class prompts, zero-shot top-1 accuracy.
@@ -204,14 +205,15 @@ class ContrastiveModel:
     first, second = self.modalities
     embedded = self.embed(variables, batches)
     _, groups = np.unique(embedded["inputs"].reshape(len(embedded["inputs"]), -1), axis=0, return_inverse=True)
-    metrics = evaluation.retrieval_metrics(embedded[first], embedded[second], groups.reshape(-1), directions=self.directions)
+    embeddings = embedded["embeddings"]
+    metrics = evaluation.retrieval_metrics(embeddings[first], embeddings[second], groups.reshape(-1), directions=self.directions)
     if self.class_prompts is not None and "label" in embedded:
       query = second if first == self.text else first
       classes = self.class_embeddings(variables, self.class_prompts)
       metrics["zeroshot_top1"] = float(
-          evaluation.zero_shot_accuracy(embedded[query], distributed.to_host(classes), embedded["label"])
+          evaluation.zero_shot_accuracy(embeddings[query], distributed.to_host(classes), embedded["label"])
       )
-    metrics["num_examples"] = int(len(embedded[first]))
+    metrics["num_examples"] = int(len(embeddings[first]))
     return metrics
 
 

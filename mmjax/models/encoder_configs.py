@@ -19,8 +19,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.data.spec import ModalitySpec
-from mmjax.encoders import ConvEncoder, GRUTextEncoder, TransformerTextEncoder
-from mmjax.encoders import layers
+from mmjax.encoders import (
+    ConvEncoder, GRUTextEncoder, LabelEncoder, LogMelCNN, MLPEncoder, TransformerTextEncoder, WaveformConvEncoder,
+)
+from mmjax.encoders import audio, layers, vector
 from mmjax.schema import Field
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -91,6 +93,38 @@ def _gru(options, spec: ModalitySpec, modality: str, features: int, dtype, remat
   )
 
 
+def _log_mel_cnn(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  return LogMelCNN(
+      features=features, sample_rate=spec.sample_rate, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()},
+      modality=modality, remat=remat, dtype=dtype,
+  )
+
+
+def _waveform_conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del spec
+  return WaveformConvEncoder(
+      features=features, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()},
+      modality=modality, remat=remat, dtype=dtype,
+  )
+
+
+def _mlp(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del spec
+  return MLPEncoder(features=features, **options, modality=modality, remat=remat, dtype=dtype)
+
+
+def _embedding(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  return LabelEncoder(features=features, num_classes=spec.num_classes, **options, modality=modality, remat=remat, dtype=dtype)
+
+
+_MLP_OPTIONS = {
+    "width": (256, Field(int, low=1)),
+    "depth": (2, Field(int, low=0)),
+    "activation": ("gelu", Field(str, choices=tuple(vector.ACTIVATIONS))),
+    "norm": ("layer", Field(str, choices=tuple(layers.NORMS))),
+    "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
+}
+
 ENCODERS: dict[str, EncoderChoice] = {
     "conv": EncoderChoice(
         kinds=("image",),
@@ -125,6 +159,42 @@ ENCODERS: dict[str, EncoderChoice] = {
             "pooling": ("last", Field(str, choices=("last", "mean"))),
         },
         build=_gru,
+    ),
+    "log_mel_cnn": EncoderChoice(
+        kinds=("audio",),
+        options={
+            "n_fft": (400, Field(int, low=2)),
+            "hop_length": (160, Field(int, low=1)),
+            "n_mels": (64, Field(int, low=1)),
+            "f_min": (0.0, Field(float, low=0.0)),
+            "f_max": (None, Field(float, low=0.0, nullable=True)),
+            "mel_scale": ("htk", Field(str, choices=audio.MEL_SCALES)),
+            "normalization": ("utterance", Field(str, choices=audio.NORMALIZATIONS)),
+            "mean": (0.0, Field(float)),
+            "std": (1.0, Field(float, low=0.0)),
+            "channels": ((32, 64, 128), Field((tuple, list), items=int, low=1)),
+            "strides": ((2, 2, 2), Field((tuple, list), items=int, low=1)),
+            "kernel_size": (3, Field(int, low=1)),
+            "norm": ("layer", Field(str, choices=tuple(layers.NORMS))),
+        },
+        build=_log_mel_cnn,
+        problems=_conv_problems,
+    ),
+    "waveform_conv": EncoderChoice(
+        kinds=("audio",),
+        options={
+            "channels": ((128, 128, 256, 512), Field((tuple, list), items=int, low=1)),
+            "strides": ((4, 4, 4, 4), Field((tuple, list), items=int, low=1)),
+            "first_kernel_size": (80, Field(int, low=1)),
+            "kernel_size": (9, Field(int, low=1)),
+            "norm": ("layer", Field(str, choices=tuple(layers.NORMS))),
+        },
+        build=_waveform_conv,
+        problems=_conv_problems,
+    ),
+    "mlp": EncoderChoice(kinds=("vector",), options=_MLP_OPTIONS, build=_mlp),
+    "embedding": EncoderChoice(
+        kinds=("label",), options={**_MLP_OPTIONS, "width": (64, Field(int, low=1)), "depth": (0, Field(int, low=0))}, build=_embedding
     ),
 }
 
