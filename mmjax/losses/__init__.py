@@ -26,7 +26,7 @@ __all__ = [
     "cycle_consistency_loss",
     "domain_adversarial_loss",
     "gradient_reversal",
-    # contrastive
+    # contrastive (dense and chunked)
     "chunked_clip_loss",
     "chunked_siglip_loss",
     "clamped_scale",
