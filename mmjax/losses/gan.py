@@ -330,7 +330,7 @@ def gan_loss(name: str) -> GanLoss:
   return GAN_LOSSES[name]
 
 
-def _check_inputs(fn: str, name: str, inputs, mask, like=None) -> int:
+def _check_inputs(fn: str, name: str, inputs, mask, like=None, size: int | None = None) -> int:
   """Checks a batch or pytree of batches; returns the batch size. With `like`, shapes must match it."""
   leaves = jax.tree_util.tree_leaves_with_path(inputs)
   if not leaves:
@@ -341,7 +341,7 @@ def _check_inputs(fn: str, name: str, inputs, mask, like=None) -> int:
         f"got {jax.tree.structure(inputs)}."
     )
   like_leaves = [None] * len(leaves) if like is None else jax.tree.leaves(like)
-  bound: dict[str, int] = {}
+  bound = {} if size is None else {"B": size}
   for (path, leaf), reference in zip(leaves, like_leaves):
     where = f"{fn}: {name}{jax.tree_util.keystr(path)}"
     rest = (None,) * max(jnp.ndim(leaf) - 1, 0) if reference is None else jnp.shape(reference)[1:]
@@ -408,7 +408,7 @@ def gradient_penalty(
   """
   fn = "gradient_penalty"
   size = _check_inputs(fn, "real", real, mask)
-  _check_inputs(fn, "fake", fake, None, like=real)
+  _check_inputs(fn, "fake", fake, None, like=real, size=size)
   epsilon = jax.random.uniform(key, (size,), jnp.float32)
 
   def interpolate(x: jax.Array, x_fake: jax.Array) -> jax.Array:
