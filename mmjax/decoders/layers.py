@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.decoders.base import LatentProjection
-from mmjax.encoders import layers
+from mmjax.encoders.layers import make_norm
 
 # Activations a decoder config may name. "swish" is the MVAE decoders' (x·σ(x)), "relu" DCGAN's.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -38,7 +38,7 @@ class DenseBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Dense(self.features, dtype=self.dtype, name="dense")(x)
-    return activation(self.activation)(layers.make_norm(self.norm, self.dtype, name="norm")(x))
+    return activation(self.activation)(make_norm(self.norm, self.dtype, name="norm")(x))
 
 
 class MLPTrunk(nn.Module):
@@ -60,7 +60,7 @@ class MLPTrunk(nn.Module):
     if self.depth < 1:
       raise ValueError(f"{self.where}: depth must be at least 1, got {self.depth}.")
     x = LatentProjection(self.width, where=self.where, dtype=self.dtype, name="latent_projection")(latent)
-    x = activation(self.activation)(layers.make_norm(self.norm, self.dtype, name="norm0")(x))
+    x = activation(self.activation)(make_norm(self.norm, self.dtype, name="norm0")(x))
     block = nn.remat(DenseBlock) if self.remat else DenseBlock
     for index in range(1, self.depth):
       x = block(self.width, self.norm, self.activation, self.dtype, name=f"block{index}")(x)
@@ -85,7 +85,7 @@ class UpsampleStage(nn.Module):
         self.channels, (self.kernel_size,) * spatial, strides=(self.stride,) * spatial, padding="SAME",
         dtype=self.dtype, name="conv_transpose",
     )(x)
-    return activation(self.activation)(layers.make_norm(self.norm, self.dtype, name="norm")(x))
+    return activation(self.activation)(make_norm(self.norm, self.dtype, name="norm")(x))
 
 
 def stem_size(size: Sequence[int], factor: int) -> tuple[int, ...]:
@@ -133,12 +133,15 @@ class ConvTransposeTrunk(nn.Module):
     if not self.channels:
       raise ValueError(f"{self.where}: channels must name at least the stem's, got {tuple(self.channels)}.")
     stem = stem_size(self.size, self.stride ** (len(self.channels) - 1))
-    x = LatentProjection(math.prod(stem) * self.channels[0], where=self.where, dtype=self.dtype, name="latent_projection")(
-        latent
+    projection = LatentProjection(
+        math.prod(stem) * self.channels[0], where=self.where, dtype=self.dtype, name="latent_projection"
     )
+    x = projection(latent)
     x = x.reshape(x.shape[0], *stem, self.channels[0])
-    x = activation(self.activation)(layers.make_norm(self.norm, self.dtype, name="stem_norm")(x))
+    x = activation(self.activation)(make_norm(self.norm, self.dtype, name="stem_norm")(x))
     stage = nn.remat(UpsampleStage) if self.remat else UpsampleStage
     for index, channels in enumerate(self.channels[1:]):
-      x = stage(channels, self.stride, self.kernel_size, self.norm, self.activation, self.dtype, name=f"stage{index}")(x)
+      x = stage(
+          channels, self.stride, self.kernel_size, self.norm, self.activation, self.dtype, name=f"stage{index}"
+      )(x)
     return center_crop(x, self.size)

@@ -74,5 +74,7 @@ def make_decoder(spec: ModalitySpec, name: str, *, modality: str | None = None, 
     raise ValueError(f"modality {modality!r}: {clashing} come from the ModalitySpec; do not pass them as options.")
   unknown = sorted(set(options) - settable)
   if unknown:
-    raise ValueError(f"modality {modality!r}: unknown options {unknown} for {decoder.__name__}; valid options: {sorted(settable)}.")
+    raise ValueError(
+        f"modality {modality!r}: unknown options {unknown} for {decoder.__name__}; valid options: {sorted(settable)}."
+    )
   return decoder(**from_spec, modality=modality, **options)

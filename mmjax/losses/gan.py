@@ -323,7 +323,7 @@ def gan_loss(name: str) -> GanLoss:
   >>> gan_loss("vanilla")
   Traceback (most recent call last):
   ...
-  ValueError: Unknown GAN loss 'vanilla'; valid choices: ['hinge', 'least_squares', 'minimax', 'non_saturating', 'wasserstein'].
+  ValueError: Unknown GAN loss 'vanilla'; valid choices: ['hinge', 'least_squares', 'minimax', ...
   """
   if name not in GAN_LOSSES:
     raise ValueError(f"Unknown GAN loss {name!r}; valid choices: {sorted(GAN_LOSSES)}.")
@@ -379,7 +379,7 @@ def gradient_penalty(
     weight: float = 10.0,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-  """The WGAN-GP gradient penalty ``λ · E[(‖∇ₓ̂ D(x̂)‖ − 1)²]`` on random interpolates of real and fake data.
+  """The WGAN-GP gradient penalty ``λ · E[(‖∇ₓ̂ D(x̂)‖ − 1)²]`` on random interpolates of real and fake.
 
   Each row ``i`` is interpolated as ``x̂ᵢ = εᵢ xᵢ + (1 − εᵢ) x̃ᵢ`` with one ``εᵢ ~ U[0, 1)`` per row,
   drawn as ``jax.random.uniform(key, (B,))`` and shared by every leaf of the pytree (a pair of
@@ -492,7 +492,8 @@ def lazy_r1_penalty(
     Karras et al., Analyzing and Improving the Image Quality of StyleGAN (StyleGAN2), 2020
     (section 3.1, lazy regularisation).
 
-  >>> penalty = jax.jit(lambda step: lazy_r1_penalty(lambda x: 3.0 * x[:, 0], jnp.ones((4, 2)), step, gamma=2.0, every=4))
+  >>> discriminator = lambda x: 3.0 * x[:, 0]
+  >>> penalty = jax.jit(lambda step: lazy_r1_penalty(discriminator, jnp.ones((4, 2)), step, gamma=2.0, every=4))
   >>> [float(penalty(step)) for step in range(5)]
   [36.0, 0.0, 0.0, 0.0, 36.0]
   """
