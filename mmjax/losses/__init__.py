@@ -1,6 +1,52 @@
 """Losses as pure functions (optax style): one module per family."""
 
+from mmjax.losses.alignment import cycle_consistency_loss, domain_adversarial_loss, gradient_reversal
 from mmjax.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from mmjax.losses.contrastive import clamped_scale, clip_loss, nt_xent_loss, siglip_loss
+from mmjax.losses.gan import (
+    GAN_LOSSES,
+    GanLoss,
+    gan_loss,
+    gradient_penalty,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    lazy_r1_penalty,
+    least_squares_discriminator_loss,
+    least_squares_generator_loss,
+    minimax_discriminator_loss,
+    minimax_generator_loss,
+    non_saturating_generator_loss,
+    r1_penalty,
+    wasserstein_discriminator_loss,
+    wasserstein_generator_loss,
+)
 
-__all__ = ["chunked_clip_loss", "chunked_siglip_loss", "clamped_scale", "clip_loss", "nt_xent_loss", "siglip_loss"]
+__all__ = [
+    # alignment
+    "cycle_consistency_loss",
+    "domain_adversarial_loss",
+    "gradient_reversal",
+    # contrastive (dense and chunked)
+    "chunked_clip_loss",
+    "chunked_siglip_loss",
+    "clamped_scale",
+    "clip_loss",
+    "nt_xent_loss",
+    "siglip_loss",
+    # gan
+    "GAN_LOSSES",
+    "GanLoss",
+    "gan_loss",
+    "gradient_penalty",
+    "hinge_discriminator_loss",
+    "hinge_generator_loss",
+    "lazy_r1_penalty",
+    "least_squares_discriminator_loss",
+    "least_squares_generator_loss",
+    "minimax_discriminator_loss",
+    "minimax_generator_loss",
+    "non_saturating_generator_loss",
+    "r1_penalty",
+    "wasserstein_discriminator_loss",
+    "wasserstein_generator_loss",
+]
