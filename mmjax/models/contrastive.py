@@ -226,7 +226,7 @@ def config_schema(config) -> dict:
       "modalities": Field((tuple, list), items=str),
       "loss": Field(str, choices=LOSSES),
       "embed_dim": Field(int, low=1),
-      "encoders": {m: encoder_configs.section_schema(kinds.get(m), section) for m, section in encoders.items()},
+      "encoders": {m: encoder_configs.ENCODERS.section_schema(kinds.get(m), section) for m, section in encoders.items()},
       "init_log_scale": Field(float, nullable=True),
       "init_bias": Field(float, nullable=True),
       "max_scale": Field(float, low=1.0, nullable=True),

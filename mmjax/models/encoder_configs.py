@@ -7,13 +7,12 @@ A model config holds one section per modality it encodes::
 
 A section is ``{"name": <chosen encoder>, <encoder>: {options}, …}`` with the options of every
 encoder that fits the modality's kind, so ``--config.model.encoders.text.name=transformer``
-switches encoders from the command line. `ENCODERS` is the table of names: the kinds each
-encoder reads, its options with their defaults and schema, and how it is built from a
-`mmjax.data.spec.ModalitySpec`.
+switches encoders from the command line (`mmjax.models.choices`). `ENCODERS` is the table: the
+kinds each encoder reads, its options with their defaults and schema, and how it is built from a
+`mmjax.data.spec.ModalitySpec`: ``build(options, spec, modality, features, dtype, remat)``.
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,37 +22,10 @@ from mmjax.encoders import (
     ConvEncoder, GRUTextEncoder, LabelEncoder, LogMelCNN, MLPEncoder, TransformerTextEncoder, WaveformConvEncoder,
 )
 from mmjax.encoders import audio, layers, vector
+from mmjax.models.choices import Choice, ChoiceTable, as_tuples
 from mmjax.schema import Field
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderChoice:
-  """One entry of `ENCODERS`.
-
-  Attributes:
-    kinds: the modality kinds it encodes.
-    options: option → (default, `Field`).
-    build: ``build(options, spec, modality, features, dtype, remat) -> module``.
-    problems: cross-option checks, ``problems(options) -> [message]``.
-    batch_statistics: whether the encoder built with these options keeps batch statistics (a
-      ``batch_stats`` collection updated in training).
-  """
-
-  kinds: tuple[str, ...]
-  options: Mapping[str, tuple[object, Field]]
-  build: Callable[..., nn.Module]
-  problems: Callable[[Mapping], list[str]] = lambda options: []
-  batch_statistics: Callable[[Mapping], bool] = lambda options: False
-
-  @property
-  def defaults(self) -> dict:
-    return {key: default for key, (default, _) in self.options.items()}
-
-  @property
-  def schema(self) -> dict:
-    return {key: field for key, (_, field) in self.options.items()}
 
 
 def _conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
@@ -94,18 +66,12 @@ def _gru(options, spec: ModalitySpec, modality: str, features: int, dtype, remat
 
 
 def _log_mel_cnn(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  return LogMelCNN(
-      features=features, sample_rate=spec.sample_rate, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()},
-      modality=modality, remat=remat, dtype=dtype,
-  )
+  return LogMelCNN(features=features, sample_rate=spec.sample_rate, **as_tuples(options), modality=modality, remat=remat, dtype=dtype)
 
 
 def _waveform_conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
   del spec
-  return WaveformConvEncoder(
-      features=features, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()},
-      modality=modality, remat=remat, dtype=dtype,
-  )
+  return WaveformConvEncoder(features=features, **as_tuples(options), modality=modality, remat=remat, dtype=dtype)
 
 
 def _mlp(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
@@ -125,8 +91,8 @@ _MLP_OPTIONS = {
     "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
 }
 
-ENCODERS: dict[str, EncoderChoice] = {
-    "conv": EncoderChoice(
+ENCODERS = ChoiceTable({
+    "conv": Choice(
         kinds=("image",),
         options={
             "channels": ((32, 64, 128), Field((tuple, list), items=int, low=1)),
@@ -137,7 +103,7 @@ ENCODERS: dict[str, EncoderChoice] = {
         build=_conv,
         problems=_conv_problems,
     ),
-    "transformer": EncoderChoice(
+    "transformer": Choice(
         kinds=("text",),
         options={
             "width": (64, Field(int, low=1)),
@@ -150,7 +116,7 @@ ENCODERS: dict[str, EncoderChoice] = {
         build=_transformer,
         problems=_heads_divide_width,
     ),
-    "gru": EncoderChoice(
+    "gru": Choice(
         kinds=("text",),
         options={
             "width": (64, Field(int, low=1)),
@@ -160,7 +126,7 @@ ENCODERS: dict[str, EncoderChoice] = {
         },
         build=_gru,
     ),
-    "log_mel_cnn": EncoderChoice(
+    "log_mel_cnn": Choice(
         kinds=("audio",),
         options={
             "n_fft": (400, Field(int, low=2)),
@@ -180,7 +146,7 @@ ENCODERS: dict[str, EncoderChoice] = {
         build=_log_mel_cnn,
         problems=_conv_problems,
     ),
-    "waveform_conv": EncoderChoice(
+    "waveform_conv": Choice(
         kinds=("audio",),
         options={
             "channels": ((128, 128, 256, 512), Field((tuple, list), items=int, low=1)),
@@ -192,16 +158,11 @@ ENCODERS: dict[str, EncoderChoice] = {
         build=_waveform_conv,
         problems=_conv_problems,
     ),
-    "mlp": EncoderChoice(kinds=("vector",), options=_MLP_OPTIONS, build=_mlp),
-    "embedding": EncoderChoice(
+    "mlp": Choice(kinds=("vector",), options=_MLP_OPTIONS, build=_mlp),
+    "embedding": Choice(
         kinds=("label",), options={**_MLP_OPTIONS, "width": (64, Field(int, low=1)), "depth": (0, Field(int, low=0))}, build=_embedding
     ),
-}
-
-
-def names_for(kind: str) -> tuple[str, ...]:
-  """The encoders that read modalities of `kind`."""
-  return tuple(name for name, choice in ENCODERS.items() if kind in choice.kinds)
+})
 
 
 def encoder_section(kind: str, name: str, **overrides: Mapping) -> dict:
@@ -212,41 +173,17 @@ def encoder_section(kind: str, name: str, **overrides: Mapping) -> dict:
   >>> section["name"], section["gru"]["width"], sorted(section)
   ('gru', 32, ['gru', 'name', 'transformer'])
   """
-  valid = names_for(kind)
-  if name not in valid:
-    raise ValueError(f"no encoder {name!r} for kind {kind!r}; valid choices: {sorted(valid)}.")
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f"encoders {unknown} do not read kind {kind!r}; valid choices: {sorted(valid)}.")
-  return {"name": name, **{encoder: {**ENCODERS[encoder].defaults, **overrides.get(encoder, {})} for encoder in valid}}
-
-
-def section_schema(kind: str, section: Mapping) -> dict:
-  """The schema of an encoder section for a modality of `kind`: the chosen name and the options
-  of those of its encoders that the section lists (any other key is reported as unknown)."""
-  valid = names_for(kind)
-  listed = set(section) if hasattr(section, "keys") else set()
-  return {"name": Field(str, choices=valid), **{encoder: ENCODERS[encoder].schema for encoder in valid if encoder in listed}}
-
-
-def section_problems(path: str, kind: str, section: Mapping) -> list[str]:
-  """Problems of a schema-valid encoder section across its options: the chosen encoder's options
-  missing, inconsistent options."""
-  name = section["name"]
-  if name not in section:
-    return [f"{path}: the chosen encoder {name!r} has no options section {path}.{name}"]
-  return [f"{path}.{name}: {problem}" for problem in ENCODERS[name].problems(section[name])]
+  return ENCODERS.section(kind, name, **overrides)
 
 
 def build_encoder(section: Mapping, spec: ModalitySpec, modality: str, features: int, dtype: str, remat: bool) -> nn.Module:
   """The encoder a modality's section chooses, built for `spec`."""
-  choice = ENCODERS[section["name"]]
-  return choice.build(section[section["name"]], spec, modality, features, DTYPES[dtype], remat)
+  return ENCODERS.build(section, spec, modality, features, DTYPES[dtype], remat)
 
 
 def any_batch_statistics(encoders: Mapping, modalities) -> bool:
   """Whether any of the chosen encoders of `modalities` keeps batch statistics."""
-  return any(ENCODERS[encoders[m]["name"]].batch_statistics(encoders[m][encoders[m]["name"]]) for m in modalities)
+  return any(ENCODERS.stateful(encoders[m]) for m in modalities)
 
 
 def modalities_problems(config, modalities, exactly: int | None = None) -> list[str]:
@@ -270,7 +207,7 @@ def modalities_problems(config, modalities, exactly: int | None = None) -> list[
     elif m not in config.model.encoders:
       problems.append(f"model.encoders: no encoder section for modality {m!r}")
     else:
-      problems.extend(section_problems(f"model.encoders.{m}", config.data.modalities[m]["kind"], config.model.encoders[m]))
+      problems.extend(ENCODERS.section_problems(f"model.encoders.{m}", config.model.encoders[m]))
   for m in config.model.encoders:
     if m not in config.data.modalities:
       problems.append(f"model.encoders.{m}: {m!r} is not a modality of the data; data modalities: {data}")
