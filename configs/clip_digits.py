@@ -26,9 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
       loss="clip",  # or "siglip", "nt_xent"
       embed_dim=64,
       image_encoder=dict(channels=(32, 64, 128), strides=(1, 2, 2), kernel_size=3, norm="layer"),
-      text_encoder="gru",  # or "transformer"
-      transformer=dict(width=64, depth=2, num_heads=4, mlp_ratio=4, pooling="mean", dropout_rate=0.0),
-      gru=dict(width=64, depth=1, bidirectional=False, pooling="last"),
+      text_encoder="gru",  # or "lstm", "transformer"; each reads the section of its name
+      transformer=dict(width=64, depth=2, num_heads=4, mlp_ratio=4, pooling="mean", causal=False, dropout_rate=0.0),
+      gru=dict(width=64, depth=1, bidirectional=False, pooling="last", dropout_rate=0.0),
+      lstm=dict(width=64, depth=1, bidirectional=False, pooling="last", dropout_rate=0.0),
       init_log_scale=config_dict.placeholder(float),  # unset: the loss's standard initialisation
       init_bias=config_dict.placeholder(float),
       max_scale=100.0,

@@ -15,7 +15,7 @@ def test_default_config_is_valid():
     "change,message",
     [
         (lambda c: setattr(c.model, "loss", "triplet"), r"model.loss: 'triplet' is not a valid choice; valid choices: \['clip', 'nt_xent', 'siglip'\]"),
-        (lambda c: setattr(c.model, "text_encoder", "lstm"), r"model.text_encoder: 'lstm' is not a valid choice; valid choices: \['gru', 'transformer'\]"),
+        (lambda c: setattr(c.model, "text_encoder", "rnn"), r"model.text_encoder: 'rnn' is not a valid choice; valid choices: \['gru', 'lstm', 'transformer'\]"),
         (lambda c: setattr(c.train, "num_steps", 0), r"train.num_steps: 0 is below the minimum 1"),
         (lambda c: setattr(c.optimizer, "b2", 1.5), r"optimizer.b2: 1.5 is above the maximum 1.0"),
         (lambda c: setattr(c.data, "tokenizer", "bpe"), r"data.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),

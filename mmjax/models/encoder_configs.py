@@ -2,8 +2,8 @@
 
 import jax.numpy as jnp
 
-from mmjax.encoders import ConvEncoder, GRUTextEncoder, TransformerTextEncoder
-from mmjax.encoders import layers
+from mmjax.encoders import ConvEncoder, RecurrentTextEncoder, TransformerTextEncoder
+from mmjax.encoders import layers, text
 from mmjax.schema import ConfigError, Field
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -20,15 +20,18 @@ TRANSFORMER_SCHEMA = {
     "num_heads": Field(int, low=1),
     "mlp_ratio": Field(int, low=1),
     "pooling": Field(str, choices=tuple(layers.POOLINGS)),
+    "causal": Field(bool),
     "dropout_rate": Field(float, low=0.0, high=1.0),
 }
-GRU_SCHEMA = {
+# The section of a recurrent text encoder; the encoder's name ("gru", "lstm") selects the cell.
+RECURRENT_SCHEMA = {
     "width": Field(int, low=1),
     "depth": Field(int, low=1),
     "bidirectional": Field(bool),
-    "pooling": Field(str, choices=("last", "mean")),
+    "pooling": Field(str, choices=text.RECURRENT_POOLINGS),
+    "dropout_rate": Field(float, low=0.0, high=1.0),
 }
-TEXT_ENCODERS = ("transformer", "gru")
+TEXT_ENCODERS = ("transformer", *text.CELLS)
 
 
 def conv_encoder(config, features: int, dtype: str, remat: bool = False) -> ConvEncoder:
@@ -55,6 +58,10 @@ def text_encoder(config, features: int, vocab_size: int, max_length: int, dtype:
     section = config.transformer
     if section.width % section.num_heads:
       raise ConfigError(f"transformer: width {section.width} must be divisible by num_heads {section.num_heads}.")
+    if section.causal and section.pooling == "first":
+      raise ConfigError(
+          "transformer: pooling 'first' with causal attention sees only the first token; use 'last' or 'mean'."
+      )
     return TransformerTextEncoder(
         features=features,
         vocab_size=vocab_size,
@@ -64,19 +71,23 @@ def text_encoder(config, features: int, vocab_size: int, max_length: int, dtype:
         num_heads=section.num_heads,
         mlp_ratio=section.mlp_ratio,
         pooling=section.pooling,
+        causal=section.causal,
         dropout_rate=section.dropout_rate,
         remat=remat,
         dtype=DTYPES[dtype],
     )
-  if config.text_encoder == "gru":
-    section = config.gru
-    return GRUTextEncoder(
+  if config.text_encoder in text.CELLS:
+    section = config[config.text_encoder]
+    return RecurrentTextEncoder(
         features=features,
         vocab_size=vocab_size,
+        cell=config.text_encoder,
         width=section.width,
         depth=section.depth,
         bidirectional=section.bidirectional,
         pooling=section.pooling,
+        dropout_rate=section.dropout_rate,
+        remat=remat,
         dtype=DTYPES[dtype],
     )
   raise ConfigError(f"Unknown text encoder {config.text_encoder!r}; valid choices: {list(TEXT_ENCODERS)}.")
