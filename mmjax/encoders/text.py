@@ -85,7 +85,9 @@ class TransformerTextEncoder(nn.Module):
   modality: str = "text"
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, train: bool = False, return_tokens: bool = False) -> jax.Array | base.Encoded:
+  def __call__(
+      self, tokens: jax.Array, *, train: bool = False, return_tokens: bool = False
+  ) -> jax.Array | base.Encoded:
     """Encodes token ids.
 
     Args:
@@ -97,7 +99,7 @@ class TransformerTextEncoder(nn.Module):
       ``[B, features]``, or an `Encoded` with tokens ``[B, L, features]`` and valid ``bool[B, L]``.
     """
     _check_tokens(self, tokens)
-    where = f"TransformerTextEncoder: modality {self.modality!r}"
+    where = f"{type(self).__name__}: modality {self.modality!r}"
     pool = layers.pooling(self.pooling)
     if self.causal and self.pooling == "first":
       raise ValueError(
@@ -171,7 +173,9 @@ class RecurrentTextEncoder(nn.Module):
   modality: str = "text"
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, train: bool = False, return_tokens: bool = False) -> jax.Array | base.Encoded:
+  def __call__(
+      self, tokens: jax.Array, *, train: bool = False, return_tokens: bool = False
+  ) -> jax.Array | base.Encoded:
     """Encodes token ids.
 
     Args:
@@ -184,7 +188,7 @@ class RecurrentTextEncoder(nn.Module):
       ``[B, features]``, or an `Encoded` with tokens ``[B, L, features]`` and valid ``bool[B, L]``.
     """
     _check_tokens(self, tokens)
-    where = f"RecurrentTextEncoder: modality {self.modality!r}"
+    where = f"{type(self).__name__}: modality {self.modality!r}"
     if self.cell not in CELLS:
       raise ValueError(f"{where}: unknown cell {self.cell!r}; valid choices: {sorted(CELLS)}.")
     if self.pooling not in RECURRENT_POOLINGS:
@@ -201,7 +205,8 @@ class RecurrentTextEncoder(nn.Module):
       # creation order (forward before backward), whatever the RNN wrappers are called.
       if self.bidirectional:
         forward = rnn(make_cell(), name=f"forward{index}")(x, seq_lengths=lengths)
-        backward = rnn(make_cell(), reverse=True, keep_order=True, name=f"backward{index}")(x, seq_lengths=lengths)
+        backward_rnn = rnn(make_cell(), reverse=True, keep_order=True, name=f"backward{index}")
+        backward = backward_rnn(x, seq_lengths=lengths)
         x = jnp.concatenate([forward, backward], axis=-1)
       else:
         x = rnn(make_cell(), name=f"{self.cell}{index}")(x, seq_lengths=lengths)

@@ -70,7 +70,8 @@ def _assert_same_at_real_positions(encoded: base.Encoded, reference: base.Encode
   assert not np.any(encoded.valid[:, length:])
   np.testing.assert_allclose(encoded.pooled, reference.pooled, atol=atol)
   real = np.asarray(reference.valid)
-  np.testing.assert_allclose(np.asarray(encoded.tokens[:, :length])[real], np.asarray(reference.tokens)[real], atol=atol)
+  tokens = np.asarray(encoded.tokens[:, :length])
+  np.testing.assert_allclose(tokens[real], np.asarray(reference.tokens)[real], atol=atol)
 
 
 @pytest.mark.parametrize("name", ENCODERS)
@@ -122,7 +123,8 @@ def _gru_step(p, h, x):
   the candidate's recurrent kernel (hn) have biases; kernels are [in, out]; z keeps the old state."""
   stacked_input = np.concatenate([p["ir"]["kernel"], p["iz"]["kernel"]], axis=1)
   stacked_hidden = np.concatenate([p["hr"]["kernel"], p["hz"]["kernel"]], axis=1)
-  r, z = np.split(_sigmoid(x @ stacked_input + np.concatenate([p["ir"]["bias"], p["iz"]["bias"]]) + h @ stacked_hidden), 2)
+  stacked_bias = np.concatenate([p["ir"]["bias"], p["iz"]["bias"]])
+  r, z = np.split(_sigmoid(x @ stacked_input + stacked_bias + h @ stacked_hidden), 2)
   candidate = np.tanh(x @ p["in"]["kernel"] + p["in"]["bias"] + r * (h @ p["hn"]["kernel"] + p["hn"]["bias"]))
   h = z * h + (1.0 - z) * candidate
   return h, h
@@ -292,7 +294,8 @@ def test_bfloat16_computation_keeps_float32_parameters(name):
   chex.assert_shape([out.pooled, out.tokens], [(3, FEATURES), (3, 8, FEATURES)])
   np.testing.assert_allclose(out.pooled.astype(jnp.float32), reference.pooled, atol=0.1, rtol=0.1)
   real = np.asarray(out.valid)
-  np.testing.assert_allclose(np.asarray(out.tokens.astype(jnp.float32))[real], np.asarray(reference.tokens)[real], atol=0.1, rtol=0.1)
+  tokens = np.asarray(out.tokens.astype(jnp.float32))
+  np.testing.assert_allclose(tokens[real], np.asarray(reference.tokens)[real], atol=0.1, rtol=0.1)
 
 
 def test_dropout_between_recurrent_layers_only_in_training():
