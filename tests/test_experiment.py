@@ -15,7 +15,7 @@ def test_default_config_is_valid():
     "change,message",
     [
         (lambda c: setattr(c.model, "loss", "triplet"), r"model.loss: 'triplet' is not a valid choice; valid choices: \['clip', 'nt_xent', 'siglip'\]"),
-        (lambda c: setattr(c.model.encoders.text, "name", "resnet"), r"model.encoders.text.name: 'resnet' is not a valid choice; valid choices: \['gru', 'transformer'\]"),
+        (lambda c: setattr(c.model.encoders.text, "name", "resnet"), r"model.encoders.text.name: 'resnet' is not a valid choice; valid choices: \['gru', 'lstm', 'transformer'\]"),
         (lambda c: setattr(c.train, "num_steps", 0), r"train.num_steps: 0 is below the minimum 1"),
         (lambda c: setattr(c.optimizer, "b2", 1.5), r"optimizer.b2: 1.5 is above the maximum 1.0"),
         (lambda c: setattr(c.data.modalities.text, "tokenizer", "bpe"), r"data.modalities.text.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mmjax import losses
-from mmjax.encoders import ConvEncoder, GRUTextEncoder, TransformerTextEncoder
+from mmjax.encoders import ConvEncoder, RecurrentTextEncoder, TransformerTextEncoder
 from mmjax.models import DualEncoder
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,7 +106,8 @@ IMAGE_SHAPE, TEXT_LENGTH = (8, 8, 1), 6
 @functools.lru_cache(maxsize=None)
 def _dual_encoder(text_encoder: str):
   text = {
-      "gru": GRUTextEncoder(4, vocab_size=12, width=4),
+      "gru": RecurrentTextEncoder(4, vocab_size=12, width=4),
+      "lstm": RecurrentTextEncoder(4, vocab_size=12, cell="lstm", width=4, bidirectional=True),
       "transformer": TransformerTextEncoder(4, vocab_size=12, max_length=TEXT_LENGTH, width=8, depth=1, num_heads=2),
   }[text_encoder]
   module = DualEncoder(
@@ -119,7 +120,7 @@ def _dual_encoder(text_encoder: str):
 
 @SETTINGS
 @given(
-    text_encoder=st.sampled_from(["gru", "transformer"]),
+    text_encoder=st.sampled_from(["gru", "lstm", "transformer"]),
     batch=st.sampled_from([1, 3]),
     data=st.data(),
 )

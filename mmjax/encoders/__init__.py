@@ -2,16 +2,16 @@
 
 from mmjax.encoders.audio import LogMelCNN, WaveformConvEncoder, log_mel_spectrogram, mel_filterbank
 from mmjax.encoders.image import ConvEncoder
-from mmjax.encoders.text import GRUTextEncoder, TransformerTextEncoder
+from mmjax.encoders.text import RecurrentTextEncoder, TransformerTextEncoder
 from mmjax.encoders.transformer import TransformerBlock
 from mmjax.encoders.vector import LabelEncoder, MLPEncoder
 
 __all__ = [
     "ConvEncoder",
-    "GRUTextEncoder",
     "LabelEncoder",
     "LogMelCNN",
     "MLPEncoder",
+    "RecurrentTextEncoder",
     "TransformerBlock",
     "TransformerTextEncoder",
     "WaveformConvEncoder",

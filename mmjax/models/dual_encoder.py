@@ -23,9 +23,9 @@ class DualEncoder(nn.Module):
     init_log_scale: initial logarithm of the logit scale (CLIP: ``log(1/0.07)``, SigLIP: ``log 10``).
     init_bias: initial logit bias (SigLIP: -10); None for no bias parameter.
 
-  >>> from mmjax.encoders import ConvEncoder, GRUTextEncoder
+  >>> from mmjax.encoders import ConvEncoder, RecurrentTextEncoder
   >>> model = DualEncoder(
-  ...     encoders={"image": ConvEncoder(8, (4,), (1,)), "text": GRUTextEncoder(8, vocab_size=10, width=4)},
+  ...     encoders={"image": ConvEncoder(8, (4,), (1,)), "text": RecurrentTextEncoder(8, vocab_size=10, width=4)},
   ...     input_shapes={"image": (8, 8, 1), "text": (5,)})
   >>> inputs = {"image": jnp.zeros((2, 8, 8, 1)), "text": jnp.ones((2, 5), jnp.int32)}
   >>> variables = model.init(jax.random.key(0), inputs)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from mmjax.data.spec import ModalitySpec
 from mmjax.encoders import (
-    ConvEncoder, GRUTextEncoder, LabelEncoder, LogMelCNN, MLPEncoder, TransformerTextEncoder, WaveformConvEncoder,
+    ConvEncoder, LabelEncoder, LogMelCNN, MLPEncoder, RecurrentTextEncoder, TransformerTextEncoder, WaveformConvEncoder,
 )
 from mmjax.encoders import audio, layers, vector
 from mmjax.models.choices import Choice, ChoiceTable, as_tuples
@@ -43,26 +43,37 @@ def _conv_problems(options) -> list[str]:
 
 
 def _transformer(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  del modality
   return TransformerTextEncoder(
-      features=features, vocab_size=spec.vocab_size, max_length=spec.shape[0], width=options["width"],
-      depth=options["depth"], num_heads=options["num_heads"], mlp_ratio=options["mlp_ratio"],
-      pooling=options["pooling"], dropout_rate=options["dropout_rate"], remat=remat, dtype=dtype,
+      features=features, vocab_size=spec.vocab_size, max_length=spec.shape[0], **options,
+      modality=modality, remat=remat, dtype=dtype,
   )
 
 
-def _heads_divide_width(options) -> list[str]:
+def _transformer_problems(options) -> list[str]:
+  problems = []
   if options["width"] % options["num_heads"]:
-    return [f"width {options['width']} must be divisible by num_heads {options['num_heads']}"]
-  return []
+    problems.append(f"width {options['width']} must be divisible by num_heads {options['num_heads']}")
+  if options["causal"] and options["pooling"] == "first":
+    problems.append("pooling 'first' with causal attention sees only the first token; use 'last' or 'mean'")
+  return problems
 
 
-def _gru(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  del modality, remat
-  return GRUTextEncoder(
-      features=features, vocab_size=spec.vocab_size, width=options["width"], depth=options["depth"],
-      bidirectional=options["bidirectional"], pooling=options["pooling"], dtype=dtype,
-  )
+def _recurrent(cell: str):
+  def build(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+    return RecurrentTextEncoder(
+        features=features, vocab_size=spec.vocab_size, cell=cell, **options, modality=modality, remat=remat, dtype=dtype
+    )
+
+  return build
+
+
+_RECURRENT_OPTIONS = {
+    "width": (64, Field(int, low=1)),
+    "depth": (1, Field(int, low=1)),
+    "bidirectional": (False, Field(bool)),
+    "pooling": ("last", Field(str, choices=("last", "mean"))),
+    "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
+}
 
 
 def _log_mel_cnn(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
@@ -112,20 +123,14 @@ ENCODERS = ChoiceTable({
             "mlp_ratio": (4, Field(int, low=1)),
             "pooling": ("mean", Field(str, choices=tuple(layers.POOLINGS))),
             "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
+            "causal": (False, Field(bool)),
         },
         build=_transformer,
-        problems=_heads_divide_width,
+        problems=_transformer_problems,
     ),
-    "gru": Choice(
-        kinds=("text",),
-        options={
-            "width": (64, Field(int, low=1)),
-            "depth": (1, Field(int, low=1)),
-            "bidirectional": (False, Field(bool)),
-            "pooling": ("last", Field(str, choices=("last", "mean"))),
-        },
-        build=_gru,
-    ),
+    # The name picks the recurrent cell; both read options of the same shape.
+    "gru": Choice(kinds=("text",), options=_RECURRENT_OPTIONS, build=_recurrent("gru")),
+    "lstm": Choice(kinds=("text",), options=_RECURRENT_OPTIONS, build=_recurrent("lstm")),
     "log_mel_cnn": Choice(
         kinds=("audio",),
         options={
@@ -171,7 +176,7 @@ def encoder_section(kind: str, name: str, **overrides: Mapping) -> dict:
 
   >>> section = encoder_section("text", "gru", gru=dict(width=32))
   >>> section["name"], section["gru"]["width"], sorted(section)
-  ('gru', 32, ['gru', 'name', 'transformer'])
+  ('gru', 32, ['gru', 'lstm', 'name', 'transformer'])
   """
   return ENCODERS.section(kind, name, **overrides)
 
