@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       weight_decay=0.05,
       grad_clip_norm=1.0,
+      per_objective=dict(),  # {objective: {field: value}} overrides, e.g. a GAN's two learning rates
   )
 
   config.train = dict(

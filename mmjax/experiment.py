@@ -33,7 +33,7 @@ def config_schema(config) -> dict:
       "seed": schema.Field(int, low=0),
       "data": input_pipeline.config_schema(config.get("data", {})),
       "model": models.FAMILIES[family].config_schema(config),
-      "optimizer": optimizers.CONFIG_SCHEMA,
+      "optimizer": optimizers.config_schema(models.FAMILIES[family].objectives(config)),
       "train": loop.CONFIG_SCHEMA,
       "mesh": mesh_lib.CONFIG_SCHEMA,
       "sharding": sharding.CONFIG_SCHEMA,
@@ -48,7 +48,7 @@ def config_problems(config, devices=None) -> list[str]:
   return [
       *input_pipeline.config_problems(config.data),
       *models.FAMILIES[config.model.name].config_problems(config),
-      *optimizers.config_problems(config.optimizer, config.train.num_steps),
+      *optimizers.config_problems(config.optimizer, config.train.num_steps, models.FAMILIES[config.model.name].objectives(config)),
       *loop.config_problems(config, devices),
   ]
 

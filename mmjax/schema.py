@@ -37,6 +37,7 @@ class Field:
     high: inclusive upper bound.
     items: for sequence fields (``types=(tuple, list)``), the type of every item.
     nullable: whether None is accepted.
+    required: whether the key must be present (False for overrides of other settings).
   """
 
   types: type | tuple[type, ...]
@@ -45,6 +46,7 @@ class Field:
   high: float | None = None
   items: type | None = None
   nullable: bool = False
+  required: bool = True
 
   def problems(self, value: Any) -> list[str]:
     if value is None:
@@ -127,7 +129,8 @@ def _problems(config: Mapping, schema: Mapping, prefix: str) -> list[str]:
     if key not in schema:
       found.append(f"{path}: unknown key; valid keys here: {valid}")
     elif key not in config:
-      found.append(f"{path}: missing; valid keys here: {valid}")
+      if not isinstance(schema[key], Field) or schema[key].required:
+        found.append(f"{path}: missing; valid keys here: {valid}")
     else:
       found.extend(_value_problems(config[key], schema[key], path))
   return found

@@ -31,6 +31,32 @@ _FROM_SPEC: dict[str, tuple[int, Callable[[ModalitySpec], dict]]] = {
 }
 
 
+# Attributes every decoder has that are not options of the decoder itself.
+_COMMON = ("parent", "name", "modality", "remat", "dtype")
+
+
+def options(kind: str, name: str) -> dict:
+  """The options of decoder `name` for `kind` (attributes neither the spec nor the caller sets),
+  with their defaults.
+
+  >>> options("label", "mlp")
+  {'width': 512, 'depth': 3, 'norm': 'none', 'activation': 'swish'}
+  """
+  decoder = DECODERS[kind][name]
+  spec_fields = _spec_fields(kind)
+  return {
+      field.name: field.default
+      for field in dataclasses.fields(decoder)
+      if field.name not in (*_COMMON, *spec_fields) and field.default is not dataclasses.MISSING
+  }
+
+
+def _spec_fields(kind: str) -> set[str]:
+  rank = _FROM_SPEC[kind][0]
+  example = ModalitySpec(kind, (1,) * rank, num_classes=1, vocab_size=1, sample_rate=1)
+  return set(_FROM_SPEC[kind][1](example))
+
+
 def make_decoder(spec: ModalitySpec, name: str, *, modality: str | None = None, **options) -> nn.Module:
   """The decoder `name` for a modality described by `spec`, its output sizes taken from the spec.
 

@@ -97,10 +97,13 @@ class Family:
       `mmjax.data.spec.DataSpec`) and ``class_prompts(modality)`` for zero-shot evaluation.
     config_schema: ``config_schema(config) -> schema`` of the ``model`` section; it may depend on
       the rest of the config (the kinds of the data's modalities choose the valid encoders).
+    objectives: ``objectives(config) -> names`` of the objectives the model will have (what
+      ``optimizer.per_objective`` may name).
     config_problems: ``config_problems(config) -> [message]``: checks across fields and sections,
       run by `mmjax.experiment.validate_config` before any data is read.
   """
 
   build: Callable[[Any, Any], Model]
   config_schema: Callable[[Any], Mapping]
+  objectives: Callable[[Any], tuple[str, ...]]
   config_problems: Callable[[Any], list[str]] = lambda config: []

@@ -259,4 +259,6 @@ def _build(config, data) -> ContrastiveModel:
   return ContrastiveModel(config, data.spec, class_prompts=data.class_prompts(text) if text else None)
 
 
-FAMILY = Family(build=_build, config_schema=config_schema, config_problems=config_problems)
+FAMILY = Family(
+    build=_build, config_schema=config_schema, objectives=lambda config: ("contrastive",), config_problems=config_problems
+)

@@ -104,7 +104,7 @@ class Trainer:
     self.optimizers, self.schedules = {}, {}
     for objective in model.objectives:
       self.optimizers[objective.name], self.schedules[objective.name] = optimizers.make_optimizer(
-          config.optimizer, config.train.num_steps
+          optimizers.for_objective(config.optimizer, objective.name), config.train.num_steps
       )
     self.train_dataset = data.train_dataset(
         config.data.batch_size, config.seed, jax.process_index(), jax.process_count()

@@ -1,9 +1,19 @@
-"""Optimizers and learning-rate schedules from the ``optimizer`` config section."""
+"""Optimizers and learning-rate schedules from the ``optimizer`` config section.
+
+Every objective of a model (a GAN has two) gets its own optimizer from the section; the entries of
+``optimizer.per_objective`` override any of its fields for one objective, e.g. the two time-scale
+update rule (TTUR) of a GAN::
+
+    optimizer.per_objective = {"discriminator": {"learning_rate": 4e-4}, "generator": {"learning_rate": 1e-4}}
+"""
+
+import dataclasses
 
 import jax
+import ml_collections
 import optax
 
-from mmjax.schema import ConfigError, Field
+from mmjax.schema import ConfigError, Entries, Field
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup_cosine", "constant")
@@ -23,11 +33,32 @@ CONFIG_SCHEMA = {
 }
 
 
-def config_problems(config, num_steps: int) -> list[str]:
-  """Problems of the ``optimizer`` section against the run's length."""
-  if config.schedule == "warmup_cosine" and config.warmup_steps >= num_steps:
-    return [f"optimizer.warmup_steps ({config.warmup_steps}) must be below train.num_steps ({num_steps})"]
-  return []
+def config_schema(objectives: tuple[str, ...] | None) -> dict:
+  """The section's schema; ``per_objective`` may name only the model's `objectives` (None: any)."""
+  return {
+      **CONFIG_SCHEMA,
+      "per_objective": Entries({key: dataclasses.replace(field, required=False) for key, field in CONFIG_SCHEMA.items()}, names=objectives),
+  }
+
+
+def for_objective(config, objective: str):
+  """The settings of `objective`'s optimizer: the section with its ``per_objective`` entry applied."""
+  settings = {key: config[key] for key in CONFIG_SCHEMA}
+  settings.update(config.get("per_objective", {}).get(objective, {}))
+  return ml_collections.ConfigDict(settings)
+
+
+def config_problems(config, num_steps: int, objectives: tuple[str, ...] = ()) -> list[str]:
+  """Problems of the ``optimizer`` section (and of each objective's settings) against the run's length."""
+  problems = []
+  for objective in objectives or (None,):
+    settings = for_objective(config, objective) if objective else config
+    if settings.schedule == "warmup_cosine" and settings.warmup_steps >= num_steps:
+      where = f"optimizer.per_objective.{objective}" if objective in config.get("per_objective", {}) else "optimizer"
+      problem = f"{where}.warmup_steps ({settings.warmup_steps}) must be below train.num_steps ({num_steps})"
+      if problem not in problems:
+        problems.append(problem)
+  return problems
 
 
 def decay_mask(params) -> object:

@@ -41,3 +41,26 @@ def test_gradients_are_clipped_by_global_norm():
   params = {"w": jnp.zeros(4)}
   updates, _ = optimizer.update({"w": jnp.full(4, 10.0)}, optimizer.init(params), params)
   assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_per_objective_settings_override_the_section_and_are_validated():
+  import ml_collections
+
+  from mmjax import schema
+
+  config = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, final_learning_rate_fraction=0.0,
+      b1=0.9, b2=0.98, eps=1e-6, momentum=0.9, weight_decay=0.1, grad_clip_norm=None,
+      per_objective={"discriminator": {"learning_rate": 4e-4, "b1": 0.0}},
+  ))
+  d, g = optimizers.for_objective(config, "discriminator"), optimizers.for_objective(config, "generator")
+  assert (d.learning_rate, d.b1, d.b2) == (4e-4, 0.0, 0.98) and (g.learning_rate, g.b1) == (1e-3, 0.9)
+  assert float(optimizers.make_optimizer(d, 10)[1](3)) == pytest.approx(4e-4)
+  config.per_objective = {"critic": {"learning_rate": -1.0, "beta": 0.5}}
+  found = schema.problems(config, optimizers.config_schema(("discriminator", "generator")))
+  assert "per_objective.critic: unknown name; valid names here: ['discriminator', 'generator']" in found
+  assert "per_objective.critic.learning_rate: -1.0 is below the minimum 0.0" in found
+  assert any(p.startswith("per_objective.critic.beta: unknown key") for p in found)
+  config.per_objective = {"generator": {"schedule": "warmup_cosine", "warmup_steps": 20}}
+  assert optimizers.config_problems(config, 10, ("discriminator", "generator")) == [
+      "optimizer.per_objective.generator.warmup_steps (20) must be below train.num_steps (10)"]
