@@ -1,7 +1,15 @@
 """Modality encoders: linen modules mapping one modality to a feature vector per sample."""
 
 from mmjax.encoders.image import ConvEncoder
+from mmjax.encoders.resnet import ResNet, standard_resnet
 from mmjax.encoders.text import GRUTextEncoder, TransformerTextEncoder
 from mmjax.encoders.transformer import TransformerBlock
 
-__all__ = ["ConvEncoder", "GRUTextEncoder", "TransformerBlock", "TransformerTextEncoder"]
+__all__ = [
+    "ConvEncoder",
+    "GRUTextEncoder",
+    "ResNet",
+    "TransformerBlock",
+    "TransformerTextEncoder",
+    "standard_resnet",
+]

@@ -128,7 +128,8 @@ def test_bfloat16_computation_keeps_float32_parameters():
 def test_bad_configuration_and_input_raise_clear_errors():
   with pytest.raises(ValueError, match=r"channels \(8, 16\) and strides \(1,\) must have the same length"):
     ConvEncoder(features=4, channels=(8, 16), strides=(1,)).init(jax.random.key(0), IMAGES)
-  with pytest.raises(ValueError, match=r"ConvEncoder: modality 'image': expected shape \(\?, \?, \?, \?\), got \(3, 8, 8\)"):
+  message = r"ConvEncoder: modality 'image': expected shape \(\?, \?, \?, \?\), got \(3, 8, 8\)"
+  with pytest.raises(ValueError, match=message):
     ConvEncoder(features=4).init(jax.random.key(0), IMAGES[..., 0])
   with pytest.raises(ValueError, match=r"ConvEncoder: modality 'image': expected a float array, got int32"):
     ConvEncoder(features=4).init(jax.random.key(0), jnp.zeros((3, 8, 8, 1), jnp.int32))
