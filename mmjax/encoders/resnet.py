@@ -80,8 +80,8 @@ class ResidualBlock(nn.Module):
     dtype: computation dtype (parameters stay float32).
 
   >>> block = ResidualBlock(channels=4, stride=2, block="bottleneck", norm="group")
-  >>> x = jnp.ones((2, 8, 8, 3))
-  >>> block.apply(block.init(jax.random.key(0), x, False), x, False).shape
+  >>> y, variables = block.init_with_output(jax.random.key(0), jnp.ones((2, 8, 8, 3)), False)
+  >>> y.shape
   (2, 4, 4, 16)
   """
 
@@ -149,11 +149,9 @@ class ResNet(nn.Module):
   >>> variables = encoder.init(jax.random.key(0), images)
   >>> sorted(variables)
   ['batch_stats', 'params']
-  >>> features, updates = encoder.apply(variables, images, train=True, mutable=["batch_stats"])
-  >>> features.shape
-  (2, 8)
-  >>> encoder.apply(variables, images, return_tokens=True).tokens.shape  # 4x4 cells of the last stage
-  (2, 16, 8)
+  >>> encoded, updates = encoder.apply(variables, images, train=True, return_tokens=True, mutable=["batch_stats"])
+  >>> encoded.pooled.shape, encoded.tokens.shape  # tokens: the 4x4 cells of the last stage
+  ((2, 8), (2, 16, 8))
   """
 
   features: int
