@@ -274,3 +274,23 @@ def test_bad_configuration_and_input_raise_clear_errors():
     _tiny(norm="layer").init(key, IMAGES)
   with pytest.raises(ValueError, match=r"standard_resnet: unknown depth 20; valid choices: \[18, 34, 50, 101, 152\]"):
     standard_resnet(20, features=4)
+
+
+@pytest.mark.multidevice
+def test_batch_statistics_under_jit_on_a_mesh_are_those_of_the_global_batch():
+  from mmjax.parallel import mesh as meshes
+
+  mesh = meshes.make_mesh({"data": -1, "fsdp": 1, "model": 1})
+  images = jax.random.normal(jax.random.key(1), (mesh.size, 8, 8, 3))  # one sample per device
+  encoder = _tiny()
+  variables = jax.jit(encoder.init)(jax.random.key(0), images)
+  train = jax.jit(lambda v, x: _train(encoder, v, x))
+  out, updates = train(variables, jax.device_put(images, meshes.batch_sharding(mesh)))
+  assert len(out.sharding.device_set) == mesh.size
+  single_out, single_updates = train(variables, jax.device_put(images, jax.devices()[0]))
+  chex.assert_trees_all_close(updates, single_updates, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, single_out, rtol=1e-5, atol=1e-5)
+  # Per-device statistics (those of one sample) would be different.
+  _, one_sample = train(variables, images[:1])
+  stem_var = updates["batch_stats"]["stem_norm"]["var"]
+  assert not np.allclose(one_sample["batch_stats"]["stem_norm"]["var"], stem_var, rtol=1e-3)
