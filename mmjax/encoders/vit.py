@@ -163,7 +163,14 @@ class ViT(nn.Module):
 
   def _position_table(self, rows: int, cols: int, class_token: bool) -> jax.Array:
     if self.positions == "learned":
-      shape = (rows * cols + class_token, self.width)
+      shape = (rows * cols + int(class_token), self.width)
+      if self.has_variable("params", "position_embedding"):
+        initialised = self.get_variable("params", "position_embedding").shape
+        if initialised != shape:
+          raise ValueError(
+              f"ViT: modality {self.modality!r}: {rows}x{cols} patches need {shape[0]} learned positions, the "
+              f"table was initialised with {initialised[0]}; use images of the init size or positions='sincos2d'."
+          )
       return self.param("position_embedding", nn.initializers.normal(0.02), shape, jnp.float32)
     table = sincos2d_positions(rows, cols, self.width)
     return jnp.asarray(np.pad(table, ((int(class_token), 0), (0, 0))))

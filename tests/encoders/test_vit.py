@@ -234,5 +234,8 @@ def test_bad_configuration_and_input_raise_clear_errors():
     _tiny(num_heads=3).init(key, IMAGES)
   with pytest.raises(ValueError, match=r"sincos2d_positions: width must be a multiple of 4 and at least 8, got 6"):
     _tiny(width=6, positions="sincos2d").init(key, IMAGES)
+  variables = jax.eval_shape(_tiny().init, key, IMAGES)
+  with pytest.raises(ValueError, match=r"ViT: modality 'image': 2x2 patches need 5 learned positions, the table was"):
+    jax.eval_shape(_tiny().apply, variables, IMAGES[:, :8, :8])
   with pytest.raises(ValueError, match=r"standard_vit: unknown variant 'B16'"):
     standard_vit("B16", features=4)
