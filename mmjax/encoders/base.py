@@ -12,7 +12,7 @@ Every encoder is a linen module called as ``encoder(x, train=False, return_token
 Every encoder names the modality it encodes (its ``modality`` attribute) in its errors.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -60,3 +60,38 @@ def check_input(encoder: str, modality: str, x, expected: Sequence[checks.Dim], 
 def all_valid(tokens: jax.Array) -> jax.Array:
   """``bool[B, T]`` of True: every position of ``tokens[B, T, D]`` is real (images, audio)."""
   return jnp.ones(tokens.shape[:2], jnp.bool_)
+
+
+def project_outputs(
+    projection: Callable[[jax.Array], jax.Array],
+    pooled: jax.Array,
+    tokens: jax.Array,
+    return_tokens: bool,
+    valid: jax.Array | None = None,
+) -> jax.Array | Encoded:
+  """An encoder's return value: its output `projection` applied to the pooled features and, when
+  `return_tokens` is set, to the token features too, so both live in the same space.
+
+  Args:
+    projection: the encoder's output layer, ``[..., D] -> [..., features]``.
+    pooled: ``[B, D]`` pooled features.
+    tokens: ``[B, T, D]`` per-position features (only projected when `return_tokens` is set).
+    return_tokens: return an `Encoded` rather than the projected pooled features alone.
+    valid: ``bool[B, T]``; None means every position is valid.
+
+  Returns:
+    ``projection(pooled)`` ``[B, features]``, or with `return_tokens` an `Encoded` of it, the
+    projected tokens ``[B, T, features]`` and `valid`.
+
+  >>> double = lambda x: 2 * x
+  >>> encoded = project_outputs(double, jnp.ones((2, 3)), jnp.ones((2, 5, 3)), return_tokens=True)
+  >>> encoded.pooled.shape, encoded.tokens.shape, bool(encoded.valid.all())
+  ((2, 3), (2, 5, 3), True)
+  >>> project_outputs(double, jnp.ones((2, 3)), jnp.ones((2, 5, 3)), return_tokens=False).shape
+  (2, 3)
+  """
+  pooled = projection(pooled)
+  if not return_tokens:
+    return pooled
+  tokens = projection(tokens)
+  return Encoded(pooled, tokens, all_valid(tokens) if valid is None else valid)

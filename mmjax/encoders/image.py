@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax import checks
+from mmjax.encoders import base
 from mmjax.encoders import layers
 
 
@@ -34,7 +34,9 @@ class ConvStage(nn.Module):
 class ConvEncoder(nn.Module):
   """A stack of convolutions, global average pooling and a linear projection.
 
-  Each stage is ``conv(channels[i], stride strides[i]) → norm → gelu``.
+  Each stage is ``conv(channels[i], stride strides[i]) → norm → gelu``. With ``return_tokens=True``
+  the tokens are the cells of the last feature map, ``[B, H' * W', features]`` in row-major order,
+  all valid; the pooled output (the projection of the mean over cells) equals their mean.
 
   Attributes:
     features: output dimension of the projection.
@@ -44,12 +46,15 @@ class ConvEncoder(nn.Module):
     norm: a name in `layers.NORMS`.
     remat: recompute each stage in the backward pass instead of storing its activations.
     dtype: computation dtype (parameters stay float32).
+    modality: the modality encoded, named in errors.
 
   >>> encoder = ConvEncoder(features=16, channels=(8, 16), strides=(1, 2))
   >>> images = jnp.zeros((4, 8, 8, 1))
   >>> variables = encoder.init(jax.random.key(0), images)
   >>> encoder.apply(variables, images).shape
   (4, 16)
+  >>> encoder.apply(variables, images, return_tokens=True).tokens.shape
+  (4, 16, 16)
   """
 
   features: int
@@ -59,19 +64,23 @@ class ConvEncoder(nn.Module):
   norm: str = "layer"
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
+  modality: str = "image"
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(
+      self, images: jax.Array, *, train: bool = False, return_tokens: bool = False
+  ) -> jax.Array | base.Encoded:
     del train  # no dropout or batch statistics
     if len(self.channels) != len(self.strides):
       raise ValueError(
           f"ConvEncoder: channels {tuple(self.channels)} and strides {tuple(self.strides)} "
           "must have the same length."
       )
-    checks.check_shape("ConvEncoder: images", images, (None, None, None, None))
+    base.check_input("ConvEncoder", self.modality, images, (None, None, None, None), "float")
     x = images.astype(self.dtype)
     stage = nn.remat(ConvStage) if self.remat else ConvStage
     for index, (channels, stride) in enumerate(zip(self.channels, self.strides)):
       x = stage(channels, stride, self.kernel_size, self.norm, self.dtype, name=f"stage{index}")(x)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(x)
+    cells = x.reshape(x.shape[0], -1, x.shape[-1])
+    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    return base.project_outputs(projection, jnp.mean(x, axis=(1, 2)), cells, return_tokens)

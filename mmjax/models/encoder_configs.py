@@ -19,9 +19,10 @@ import jax.numpy as jnp
 
 from mmjax.data.spec import ModalitySpec
 from mmjax.encoders import (
-    ConvEncoder, LabelEncoder, LogMelCNN, MLPEncoder, RecurrentTextEncoder, TransformerTextEncoder, WaveformConvEncoder,
+    ConvEncoder, LabelEncoder, LogMelCNN, MLPEncoder, RecurrentTextEncoder, ResNet, TransformerTextEncoder, ViT,
+    WaveformConvEncoder,
 )
-from mmjax.encoders import audio, layers, vector
+from mmjax.encoders import audio, layers, resnet, vector, vit
 from mmjax.models.choices import Choice, ChoiceTable, as_tuples
 from mmjax.schema import Field
 
@@ -39,6 +40,22 @@ def _conv(options, spec: ModalitySpec, modality: str, features: int, dtype, rema
 def _conv_problems(options) -> list[str]:
   if len(options["channels"]) != len(options["strides"]):
     return [f"channels {tuple(options['channels'])} and strides {tuple(options['strides'])} must have the same length"]
+  return []
+
+
+def _resnet(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del spec
+  return ResNet(features=features, **as_tuples(options), modality=modality, remat=remat, dtype=dtype)
+
+
+def _vit(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
+  del spec
+  return ViT(features=features, **options, modality=modality, remat=remat, dtype=dtype)
+
+
+def _vit_problems(options) -> list[str]:
+  if options["width"] % options["num_heads"]:
+    return [f"width {options['width']} must be divisible by num_heads {options['num_heads']}"]
   return []
 
 
@@ -113,6 +130,34 @@ ENCODERS = ChoiceTable({
         },
         build=_conv,
         problems=_conv_problems,
+    ),
+    "resnet": Choice(
+        kinds=("image",),
+        options={
+            "stage_sizes": ((2, 2, 2, 2), Field((tuple, list), items=int, low=1)),
+            "block": ("basic", Field(str, choices=tuple(resnet.BLOCKS))),
+            "width": (64, Field(int, low=1)),
+            "stem": ("small", Field(str, choices=tuple(resnet.STEMS))),
+            "norm": ("batch", Field(str, choices=resnet.RESNET_NORMS)),
+            "zero_init_residual": (True, Field(bool)),
+        },
+        build=_resnet,
+        stateful=lambda options: options["norm"] == "batch",
+    ),
+    "vit": Choice(
+        kinds=("image",),
+        options={
+            "patch_size": (4, Field(int, low=1)),
+            "width": (192, Field(int, low=1)),
+            "depth": (6, Field(int, low=1)),
+            "num_heads": (3, Field(int, low=1)),
+            "mlp_ratio": (4, Field(int, low=1)),
+            "pooling": ("gap", Field(str, choices=vit.POOLINGS)),
+            "positions": ("sincos2d", Field(str, choices=vit.POSITIONS)),
+            "dropout_rate": (0.0, Field(float, low=0.0, high=1.0)),
+        },
+        build=_vit,
+        problems=_vit_problems,
     ),
     "transformer": Choice(
         kinds=("text",),
