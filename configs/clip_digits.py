@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
       nonfinite_policy="halt",
       max_nonfinite_in_a_row=10,
       peak_flops_per_device=config_dict.placeholder(float),  # unset: the data-sheet peak where known
+      ema_decay=config_dict.placeholder(float),  # set (e.g. 0.999): evaluate a moving average of the params
   )
 
   # Devices: `data` × `fsdp` × `model`; -1 takes the rest. See docs/scaling.md.

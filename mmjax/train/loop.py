@@ -41,6 +41,8 @@ CONFIG_SCHEMA = {
     "max_nonfinite_in_a_row": Field(int, low=1),
     # Peak FLOP/s of one device for the logged MFU; None: the data-sheet value where known.
     "peak_flops_per_device": Field(float, low=0.0, nullable=True),
+    # Keep an exponential moving average of the params with this decay, used for evaluation; None: off.
+    "ema_decay": Field(float, low=0.0, high=1.0, nullable=True),
 }
 
 
@@ -110,7 +112,7 @@ class Trainer:
         config.data.batch_size, config.seed, jax.process_index(), jax.process_count()
     )
     batch_spec = self._global_batch_spec(self.train_dataset[0])
-    self._init = step_lib.make_init(model, self.optimizers, batch_spec)
+    self._init = step_lib.make_init(model, self.optimizers, batch_spec, ema=config.train.ema_decay is not None)
     self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = sharding.tree_shardings(
         self.abstract_state, self.mesh, config.sharding.rules, config.sharding.fsdp_min_size
@@ -125,6 +127,7 @@ class Trainer:
             constrain=lambda tree: jax.lax.with_sharding_constraint(
                 tree, jax.tree.map(lambda _: micro_batch_sharding, tree)
             ),
+            ema_decay=config.train.ema_decay,
         ),
         in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
         out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh)),
@@ -166,7 +169,7 @@ class Trainer:
 
   def evaluate(self, state: step_lib.TrainState) -> dict[str, float]:
     batches = self.data.eval_batches(self.config.train.eval_batch_size, jax.process_index(), jax.process_count())
-    return self.model.evaluate(state.variables, (self.put(batch) for batch in batches))
+    return self.model.evaluate(state.evaluation_variables, (self.put(batch) for batch in batches))
 
   def learning_rates(self, step: int) -> dict[str, float]:
     """The learning rate of each objective's update at `step` (0-based)."""

@@ -28,6 +28,7 @@ class TrainState(struct.PyTreeNode):
       run draws the same numbers as an uninterrupted one.
     skipped_steps: steps whose update was discarded because a loss or gradient was not finite.
     nonfinite_streak: how many of the latest steps in a row were discarded.
+    ema_params: an exponential moving average of the params (``train.ema_decay``), or None.
   """
 
   step: jax.Array
@@ -37,11 +38,18 @@ class TrainState(struct.PyTreeNode):
   rng: jax.Array
   skipped_steps: jax.Array
   nonfinite_streak: jax.Array
+  ema_params: Any = None
 
   @property
   def variables(self) -> dict[str, Any]:
     """The model's Flax variables: params and the other collections."""
     return {"params": self.params, **self.model_state}
+
+  @property
+  def evaluation_variables(self) -> dict[str, Any]:
+    """The variables evaluation and sampling use: with the moving average of the params if the
+    run keeps one (standard practice for generators), else the params themselves."""
+    return {"params": self.params if self.ema_params is None else self.ema_params, **self.model_state}
 
 
 def trained_subtree(objective: Objective, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,9 +62,10 @@ def trained_subtree(objective: Objective, params: Mapping[str, Any]) -> dict[str
 
 
 def make_init(
-    model: Model, optimizers: Mapping[str, optax.GradientTransformation], batch_spec: Batch
+    model: Model, optimizers: Mapping[str, optax.GradientTransformation], batch_spec: Batch, ema: bool = False
 ) -> Callable[[jax.Array], TrainState]:
-  """``init(rng) -> TrainState`` for batches shaped like `batch_spec` (arrays or shape structs).
+  """``init(rng) -> TrainState`` for batches shaped like `batch_spec` (arrays or shape structs);
+  with `ema`, the moving average of the params starts at the initial params.
 
   Pure, so it can run under `jax.eval_shape` (to plan shardings) and under `jax.jit` with
   `out_shardings` (to create the parameters already sharded).
@@ -78,6 +87,7 @@ def make_init(
         rng=jax.random.key_data(train_rng),
         skipped_steps=jnp.zeros((), jnp.int32),
         nonfinite_streak=jnp.zeros((), jnp.int32),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
     )
 
   return init
@@ -177,6 +187,7 @@ def make_train_step(
     optimizers: Mapping[str, optax.GradientTransformation],
     accumulation_steps: int = 1,
     constrain: Callable[[Batch], Batch] = lambda tree: tree,
+    ema_decay: float | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """``train_step(state, batch) -> (state, metrics)``: one update per objective, in order.
 
@@ -188,6 +199,9 @@ def make_train_step(
   If any loss or gradient norm is not finite, the whole update is discarded: the returned state
   keeps the incoming parameters, model state and optimizer state (only the step counter and the
   skip counters move), so the caller decides whether to go on or stop with the last good state.
+
+  With `ema_decay`, the state's moving average moves towards the new params after every applied
+  update: ``ema ← decay · ema + (1 − decay) · params``.
   """
   objectives = tuple(model.objectives)
 
@@ -210,9 +224,14 @@ def make_train_step(
       metrics["loss"] = sum(metrics[f"{objective.name}/loss"] for objective in objectives)
     finite = jnp.all(jnp.array([jnp.isfinite(metrics[k]) for k in metrics if k.endswith(("loss", "grad_norm"))]))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    params = keep(params, state.params)
+    if ema_decay is not None:
+      moved = jax.tree.map(lambda ema, p: ema_decay * ema + (1 - ema_decay) * p, state.ema_params, params)
+      ema_params = keep(moved, state.ema_params)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(params, state.params),
+        params=params,
+        ema_params=ema_params if ema_decay is not None else state.ema_params,
         model_state=keep(model_state, state.model_state),
         opt_state=keep(opt_state, state.opt_state),
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),

@@ -117,3 +117,26 @@ def test_bfloat16_computation_with_remat_trains_float32_parameters(data_dir):
   reference = jax.jit(experiment.build(config).model.loss)(state.params, {}, batch, jax.random.key(1), 0)[0]
   low = jax.jit(run.model.loss)(state.params, {}, batch, jax.random.key(1), 0)[0]
   np.testing.assert_allclose(low, reference, rtol=2e-2)
+
+
+def test_moving_average_of_the_params_follows_applied_updates_only():
+  """ema ← d·ema + (1−d)·params after each applied update; a discarded (non-finite) step leaves it."""
+
+  class Quadratic:
+    objectives = (Objective("only", lambda p, s, b, r, t: (jnp.sum((p["w"] - b["target"]) ** 2), ({}, s))),)
+
+    def init(self, rng, batch):
+      return {"params": {"w": jnp.zeros(())}}
+
+  model, optimizers = Quadratic(), {"only": optax.sgd(0.25)}
+  state = step_lib.make_init(model, optimizers, {"target": jax.ShapeDtypeStruct((), jnp.float32)}, ema=True)(jax.random.key(0))
+  step = jax.jit(step_lib.make_train_step(model, optimizers, ema_decay=0.5))
+  expected_w, expected_ema = 0.0, 0.0
+  for target in (2.0, 2.0, float("nan"), 2.0):
+    state, metrics = step(state, {"target": jnp.float32(target)})
+    if np.isfinite(target):
+      expected_w = expected_w - 0.25 * 2 * (expected_w - target)
+      expected_ema = 0.5 * expected_ema + 0.5 * expected_w
+    assert float(state.params["w"]) == pytest.approx(expected_w) and float(state.ema_params["w"]) == pytest.approx(expected_ema)
+  assert state.evaluation_variables["params"] is state.ema_params
+  assert int(state.skipped_steps) == 1
