@@ -11,3 +11,34 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   [0.6000000238418579, 0.800000011920929]
   """
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
+
+
+def masked_logsumexp(x: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
+  """``log Σ exp(x)`` along `axis` over the entries where `mask` holds; 0 where it holds for none.
+
+  Masked-out entries reach neither the value nor the gradient, whatever they hold (even ±inf or
+  NaN): every `jnp.where` that discards them also keeps them out of the arithmetic before it (the
+  "double where"), so their gradient is 0, never NaN. No -inf is used as a fill.
+
+  Args:
+    x: values.
+    mask: bool, broadcastable to ``x.shape``.
+    axis: the axis to reduce.
+
+  Returns:
+    ``x`` reduced along `axis`, in the dtype of ``x``.
+
+  >>> x = jnp.array([[0.0, 1.0], [jnp.nan, 2.0]])
+  >>> masked_logsumexp(x, jnp.array([[True, True], [False, True]])).round(4).tolist()
+  [0.0, 2.3132...]
+  >>> float(masked_logsumexp(x[0], jnp.zeros(2, bool)))
+  0.0
+  """
+  mask = jnp.broadcast_to(mask, x.shape)
+  safe = jnp.where(mask, x, 0)
+  floor = jnp.finfo(safe.dtype).min
+  any_valid = jnp.any(mask, axis=axis, keepdims=True)
+  shift = jax.lax.stop_gradient(jnp.where(any_valid, jnp.max(jnp.where(mask, safe, floor), axis=axis, keepdims=True), 0))
+  total = jnp.sum(jnp.where(mask, jnp.exp(jnp.where(mask, safe - shift, 0)), 0), axis=axis, keepdims=True)
+  result = jnp.where(any_valid, shift + jnp.log(jnp.where(any_valid, total, 1)), 0)
+  return jnp.squeeze(result, axis=axis)

@@ -2,5 +2,55 @@
 
 from mmjax.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from mmjax.losses.contrastive import clamped_scale, clip_loss, nt_xent_loss, siglip_loss
+from mmjax.losses.correlation import canonical_correlations, cca_loss, cosine_alignment_loss
+from mmjax.losses.distributions import DiagonalGaussian, DiagonalLaplace, mixture_log_prob
+from mmjax.losses.elbo import (
+    dreg_iwae_surrogate,
+    dreg_mmvae_looser_surrogate,
+    elbo,
+    iwae_bound,
+    iwae_log_likelihood,
+    kl_warmup,
+    mmvae_looser_bound,
+)
+from mmjax.losses.likelihoods import (
+    bernoulli_log_likelihood,
+    categorical_log_likelihood,
+    gaussian_log_likelihood,
+    laplace_log_likelihood,
+    likelihood_rescaling,
+    token_log_likelihood,
+)
 
-__all__ = ["chunked_clip_loss", "chunked_siglip_loss", "clamped_scale", "clip_loss", "nt_xent_loss", "siglip_loss"]
+__all__ = [
+    # contrastive
+    "chunked_clip_loss",
+    "chunked_siglip_loss",
+    "clamped_scale",
+    "clip_loss",
+    "nt_xent_loss",
+    "siglip_loss",
+    # correlation
+    "canonical_correlations",
+    "cca_loss",
+    "cosine_alignment_loss",
+    # distributions
+    "DiagonalGaussian",
+    "DiagonalLaplace",
+    "mixture_log_prob",
+    # variational bounds
+    "dreg_iwae_surrogate",
+    "dreg_mmvae_looser_surrogate",
+    "elbo",
+    "iwae_bound",
+    "iwae_log_likelihood",
+    "kl_warmup",
+    "mmvae_looser_bound",
+    # likelihoods
+    "bernoulli_log_likelihood",
+    "categorical_log_likelihood",
+    "gaussian_log_likelihood",
+    "laplace_log_likelihood",
+    "likelihood_rescaling",
+    "token_log_likelihood",
+]
