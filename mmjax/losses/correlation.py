@@ -12,10 +12,12 @@ import jax.numpy as jnp
 from mmjax import checks
 from mmjax.numerics import l2_normalize
 
-# Deep CCA's defaults in common use: covariance ridge r₁ = r₂ = 1e-3, and squared canonical
-# correlations clamped below at 1e-9 before their square root.
+# Deep CCA's defaults in common use: covariance ridge r₁ = r₂ = 1e-3 (here relative to each view's
+# mean variance), and squared canonical correlations clamped below at 1e-9 before their square root.
 DEFAULT_CCA_REGULARIZATION = 1e-3
 DEFAULT_CCA_EPSILON = 1e-9
+# Views whose mean variance is below this are treated as constant.
+_MIN_MEAN_VARIANCE = 1e-20
 
 
 def _check_pair(fn: str, first, second, mask, same_width: bool) -> jax.Array:
@@ -65,14 +67,18 @@ def canonical_correlations(
 ) -> jax.Array:
   """The regularised canonical correlations between two views, in decreasing order.
 
-  With ``H₁, H₂`` the centred views (over the kept rows, ``n`` of them),
-  ``Σ₁₁ = H₁ᵀH₁/(n − 1) + r·I``, ``Σ₂₂`` alike and ``Σ₁₂ = H₁ᵀH₂/(n − 1)``, the canonical
-  correlations are the singular values of ``T = Σ₁₁^{-1/2} Σ₁₂ Σ₂₂^{-1/2}`` (Deep CCA's
-  definition). Numerical safeguards:
+  With ``H₁, H₂`` the centred views (over the kept rows, ``n`` of them), ``C₁₁ = H₁ᵀH₁/(n − 1)``,
+  ``C₂₂`` alike and ``C₁₂ = H₁ᵀH₂/(n − 1)``, the canonical correlations are the singular values
+  of ``T = Σ₁₁^{-1/2} C₁₂ Σ₂₂^{-1/2}`` with the ridge-regularised covariances
+  ``Σᵢᵢ = Cᵢᵢ + r·sᵢ·I``, Deep CCA's definition except that the ridge is relative to each view's
+  mean variance ``sᵢ = tr(Cᵢᵢ)/Dᵢ`` (Deep CCA adds ``r·I``): the result then does not depend on
+  the views' scales, and the condition number of ``Σᵢᵢ`` is at most ``1 + Dᵢ/r`` whatever they
+  hold. Numerical safeguards:
 
-  * the ridge ``r > 0`` makes both covariances positive definite, even with fewer rows than
-    dimensions or constant features;
-  * whitening uses Cholesky factors (``T' = L₁⁻¹ Σ₁₂ L₂⁻ᵀ`` has the singular values of ``T``) and
+  * the ridge makes both covariances positive definite, even with fewer rows than dimensions or
+    constant features; each view is scaled to unit mean variance before any product (a view
+    whose mean variance is below 1e-20 counts as constant and is left unscaled);
+  * whitening uses Cholesky factors (``T' = L₁⁻¹ C₁₂ L₂⁻ᵀ`` has the singular values of ``T``) and
     the singular values come from `jnp.linalg.eigvalsh` of ``T'ᵀT'`` (the smaller Gram matrix):
     eigenvalues only, whose gradient stays finite when eigenvalues coincide (eigenvector and SVD
     gradients divide by their differences and give NaN, e.g. for a constant batch);
@@ -82,7 +88,7 @@ def canonical_correlations(
   Args:
     first: ``[B, D₁]`` first view.
     second: ``[B, D₂]`` second view; row ``i`` pairs with ``first[i]``.
-    regularization: the ridge ``r`` added to both covariances' diagonals.
+    regularization: the ridge ``r``, relative to each view's mean variance.
     epsilon: floor of the squared correlations.
     mask: optional ``bool[B]``; False rows are left out.
 
@@ -99,26 +105,30 @@ def canonical_correlations(
   Array([1., 1.], dtype=float32)
   """
   valid = _check_pair("canonical_correlations", first, second, mask, same_width=False)
-  count = jnp.sum(valid)
-  first, second = (_centred(view.astype(jnp.float32), valid, count) for view in (first, second))
-  denominator = jnp.maximum(count - 1, 1).astype(jnp.float32)
-  whitened = [
+  denominator = jnp.maximum(jnp.sum(valid) - 1, 1).astype(jnp.float32)
+  first, second = (_standardised(view.astype(jnp.float32), valid, denominator) for view in (first, second))
+  factors = [
       jnp.linalg.cholesky(view.T @ view / denominator + regularization * jnp.eye(view.shape[1], dtype=jnp.float32))
       for view in (first, second)
   ]
   cross = first.T @ second / denominator
-  # T' = L₁⁻¹ Σ₁₂ L₂⁻ᵀ, by two triangular solves.
-  left = jax.scipy.linalg.solve_triangular(whitened[0], cross, lower=True)
-  transformed = jax.scipy.linalg.solve_triangular(whitened[1], left.T, lower=True).T
+  # T' = L₁⁻¹ C₁₂ L₂⁻ᵀ, by two triangular solves.
+  left = jax.scipy.linalg.solve_triangular(factors[0], cross, lower=True)
+  transformed = jax.scipy.linalg.solve_triangular(factors[1], left.T, lower=True).T
   gram = transformed.T @ transformed if transformed.shape[1] <= transformed.shape[0] else transformed @ transformed.T
   squared = jnp.linalg.eigvalsh(gram)[::-1]
   return jnp.sqrt(jnp.maximum(squared, epsilon))
 
 
-def _centred(view: jax.Array, valid: jax.Array, count: jax.Array) -> jax.Array:
+def _standardised(view: jax.Array, valid: jax.Array, denominator: jax.Array) -> jax.Array:
+  """The kept rows centred and scaled to unit mean variance (zero rows elsewhere)."""
   view = jnp.where(valid[:, None], view, 0.0)
-  mean = jnp.sum(view, axis=0) / jnp.maximum(count, 1)
-  return jnp.where(valid[:, None], view - mean, 0.0)
+  mean = jnp.sum(view, axis=0) / jnp.maximum(jnp.sum(valid), 1)
+  centred = jnp.where(valid[:, None], view - mean, 0.0)
+  mean_variance = jnp.sum(jnp.square(centred)) / (denominator * view.shape[1])
+  # A (numerically) constant view is left unscaled: its huge 1/√s would overflow the gradients.
+  scaled = mean_variance > _MIN_MEAN_VARIANCE
+  return centred * jax.lax.rsqrt(jnp.where(scaled, mean_variance, 1.0))
 
 
 def cca_loss(
@@ -143,7 +153,7 @@ def cca_loss(
     first: ``[B, D₁]`` first view.
     second: ``[B, D₂]`` second view; row ``i`` pairs with ``first[i]``.
     num_components: k, how many of the largest correlations to sum (None: all ``min(D₁, D₂)``).
-    regularization: the covariance ridge (see `canonical_correlations`).
+    regularization: the relative covariance ridge (see `canonical_correlations`).
     epsilon: floor of the squared correlations.
     mask: optional ``bool[B]``; False rows are left out.
 

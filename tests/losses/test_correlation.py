@@ -15,7 +15,7 @@ def cosine_reference(first, second):
 
 
 def regularised_correlations(first, second, regularization):
-  """Deep CCA's definition: singular values of Σ₁₁^{-1/2} Σ₁₂ Σ₂₂^{-1/2}, by eigendecomposition and SVD."""
+  """Singular values of Σ₁₁^{-1/2} C₁₂ Σ₂₂^{-1/2}, Σᵢᵢ = Cᵢᵢ + r·(tr Cᵢᵢ / Dᵢ)·I, by eigendecomposition and SVD."""
   n = len(first)
   h1, h2 = first - first.mean(0), second - second.mean(0)
 
@@ -23,8 +23,9 @@ def regularised_correlations(first, second, regularization):
     values, vectors = np.linalg.eigh(covariance)
     return vectors @ np.diag(values**-0.5) @ vectors.T
 
-  s11 = h1.T @ h1 / (n - 1) + regularization * np.eye(first.shape[1])
-  s22 = h2.T @ h2 / (n - 1) + regularization * np.eye(second.shape[1])
+  c11, c22 = h1.T @ h1 / (n - 1), h2.T @ h2 / (n - 1)
+  s11 = c11 + regularization * np.trace(c11) / len(c11) * np.eye(len(c11))
+  s22 = c22 + regularization * np.trace(c22) / len(c22) * np.eye(len(c22))
   s12 = h1.T @ h2 / (n - 1)
   return np.linalg.svd(inverse_sqrt(s11) @ s12 @ inverse_sqrt(s22), compute_uv=False)
 
@@ -90,13 +91,15 @@ def test_canonical_correlations_match_both_numpy_references(widths):
   assert np.all(np.diff(np.asarray(got)) <= 0) and got.shape == (min(widths),)
 
 
-def test_cca_loss_sums_the_top_k_correlations_and_ignores_invertible_maps():
+def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_maps():
   rng = np.random.default_rng(4)
   first, second = _correlated_views(rng)
   reference = regularised_correlations(first, second, 1e-3)
   for k in (1, 2, 3):
     got = losses.cca_loss(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), num_components=k)
     np.testing.assert_allclose(got, -reference[:k].sum(), rtol=1e-4)
+  scaled = losses.cca_loss(jnp.asarray(first * 1e3, jnp.float32), jnp.asarray(second * 1e-3, jnp.float32))
+  np.testing.assert_allclose(scaled, -reference.sum(), rtol=1e-4)
   # CCA is invariant to invertible linear maps of a view (up to the ridge).
   mixed = first @ rng.normal(size=(3, 3)) + 5.0
   np.testing.assert_allclose(
