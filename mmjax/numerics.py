@@ -39,6 +39,13 @@ def masked_logsumexp(x: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
   floor = jnp.finfo(safe.dtype).min
   any_valid = jnp.any(mask, axis=axis, keepdims=True)
   shift = jax.lax.stop_gradient(jnp.where(any_valid, jnp.max(jnp.where(mask, safe, floor), axis=axis, keepdims=True), 0))
-  total = jnp.sum(jnp.where(mask, jnp.exp(jnp.where(mask, safe - shift, 0)), 0), axis=axis, keepdims=True)
-  result = jnp.where(any_valid, shift + jnp.log(jnp.where(any_valid, total, 1)), 0)
+  exponent = jnp.where(mask, safe - shift, 0)
+  exponent = jnp.where(exponent > 0, 0, exponent)  # not jnp.minimum: it halves the gradient at the max
+  total = jnp.sum(jnp.where(mask, jnp.exp(exponent), 0), axis=axis, keepdims=True)
+  # In exact arithmetic the largest entry adds exp(0) = 1. XLA may recompute a fused producer of
+  # `x` separately for the max and for the sum, with different rounding: at large magnitudes one
+  # ulp is thousands and every exp underflows. The floor (and the clamp of the exponents at 0)
+  # keep the result within an ulp of the max then, instead of -inf (or +inf).
+  total = jnp.where(any_valid & (total >= 1), total, 1)
+  result = jnp.where(any_valid, shift + jnp.log(total), 0)
   return jnp.squeeze(result, axis=axis)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import checks
+from mmjax.numerics import masked_logsumexp
 
 LogWeightsFn = Callable[[jax.Array], jax.Array]
 
@@ -85,8 +86,13 @@ def kl_warmup(step: int | jax.Array, warmup_steps: int | jax.Array, *, beta: flo
   return jnp.asarray(beta, jnp.float32) * jnp.clip(progress, 0.0, 1.0)
 
 
+def _logsumexp(log_weights: jax.Array, axis: int) -> jax.Array:
+  # `masked_logsumexp` rather than `jax.nn.logsumexp`: it stays finite at any finite magnitude.
+  return masked_logsumexp(log_weights, jnp.ones((), jnp.bool_), axis=axis)
+
+
 def _log_mean_exp(log_weights: jax.Array, axis: int) -> jax.Array:
-  return jax.nn.logsumexp(log_weights, axis=axis) - math.log(log_weights.shape[axis])
+  return _logsumexp(log_weights, axis) - math.log(log_weights.shape[axis])
 
 
 def _check_log_weights(where: str, log_weights, expected: tuple[str, ...]) -> dict[str, int]:
@@ -151,10 +157,12 @@ def _dreg_bounds(log_weights_fn: LogWeightsFn, z: jax.Array, where: str, axis: i
   checks.check_dtype(f"{where}: log_weights_fn(z)", log_weights, "float")
   log_weights = log_weights.astype(jnp.float32)
   fixed = jax.lax.stop_gradient(log_weights)
-  normalised = jax.nn.softmax(fixed, axis=axis)
+  total = _logsumexp(fixed, axis)
+  normalised = jnp.exp(jnp.minimum(fixed - jnp.expand_dims(total, axis), 0.0))
   # Value: the IWAE bound. Gradient: w̃_k ∇ log w_k for the generative model's parameters (IWAE);
   # through z, w̃_k once more from the tap, hence w̃_k² for the encoder (DReG).
-  return _log_mean_exp(fixed, axis) + jnp.sum(normalised * (log_weights - fixed + weighted) + plain, axis=axis)
+  bound = total - math.log(log_weights.shape[axis])
+  return bound + jnp.sum(normalised * (log_weights - fixed + weighted) + plain, axis=axis)
 
 
 def dreg_iwae_surrogate(log_weights_fn: LogWeightsFn, z: jax.Array) -> jax.Array:
@@ -320,7 +328,7 @@ def iwae_log_likelihood(
     log_weights = log_weights_fn(chunk_key)
     checks.check_shape(f"{where}: log_weights_fn(key)", log_weights, (chunk_size, None))
     checks.check_dtype(f"{where}: log_weights_fn(key)", log_weights, "float")
-    return jax.nn.logsumexp(log_weights.astype(jnp.float32), axis=0)
+    return _logsumexp(log_weights.astype(jnp.float32), axis=0)
 
   def accumulate(total: jax.Array, chunk_key: jax.Array) -> tuple[jax.Array, None]:
     return jnp.logaddexp(total, chunk_logsumexp(chunk_key)), None
