@@ -172,6 +172,7 @@ def mixture_of_experts(experts, present: jax.Array | None = None):
     bound = checks.check_shape(f"mixture_of_experts: experts{name}", leaf, ("C", "B", *[None] * max(jnp.ndim(leaf) - 2, 0)), bound)
   present = jnp.ones((bound["C"], bound["B"]), jnp.bool_) if present is None else present
   checks.check_shape("mixture_of_experts: present", present, ("C", "B"), bound)
+  checks.check_dtype("mixture_of_experts: present", present, "bool")
   component = stratified_components(present)
   any_present = jnp.any(present, axis=0)
 

@@ -227,10 +227,9 @@ def mixture_log_prob(components: Distribution, z: jax.Array, present: jax.Array 
   Array([-1.4189...], dtype=float32)
   """
   where = "mixture_log_prob"
-  leaves = jax.tree.leaves(components)
-  bound = {}
-  for name, leaf in zip(("first parameter", "second parameter"), leaves):
-    bound = checks.check_shape(f"{where}: components' {name}", leaf, ("M", "B", "D"), bound)
+  bound: dict[str, int] = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(components):
+    bound = checks.check_shape(f"{where}: components{jax.tree_util.keystr(path)}", leaf, ("M", "B", "D"), bound)
   _check_point(where, z, (bound["B"], bound["D"]))
   if present is None:
     present = jnp.ones((bound["M"], bound["B"]), jnp.bool_)

@@ -181,6 +181,7 @@ def test_vmap_over_a_stack_of_distributions():
         (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"from_mmvae_logits: logits: expected shape \(2, 3\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((3, 4), bool)), r"mixture_log_prob: present: expected shape \(M, B\) with M=2, B=4, got \(3, 4\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((5, 3))), r"mixture_log_prob: z: expected shape \(4, 3\), got \(5, 3\)"),
+        (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), r"mixture_log_prob: components.log_variance: expected shape \(M, B, D\) with M=2, B=4, D=3, got \(2, 5, 3\)"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message):
