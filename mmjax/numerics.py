@@ -38,7 +38,8 @@ def masked_logsumexp(x: jax.Array, mask: jax.Array, axis: int = 0) -> jax.Array:
   safe = jnp.where(mask, x, 0)
   floor = jnp.finfo(safe.dtype).min
   any_valid = jnp.any(mask, axis=axis, keepdims=True)
-  shift = jax.lax.stop_gradient(jnp.where(any_valid, jnp.max(jnp.where(mask, safe, floor), axis=axis, keepdims=True), 0))
+  largest = jnp.max(jnp.where(mask, safe, floor), axis=axis, keepdims=True)
+  shift = jax.lax.stop_gradient(jnp.where(any_valid, largest, 0))
   exponent = jnp.where(mask, safe - shift, 0)
   exponent = jnp.where(exponent > 0, 0, exponent)  # not jnp.minimum: it halves the gradient at the max
   total = jnp.sum(jnp.where(mask, jnp.exp(exponent), 0), axis=axis, keepdims=True)

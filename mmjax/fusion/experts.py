@@ -169,7 +169,8 @@ def mixture_of_experts(experts, present: jax.Array | None = None):
   bound: dict[str, int] = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(experts):
     name = jax.tree_util.keystr(path) or "array"
-    bound = checks.check_shape(f"mixture_of_experts: experts{name}", leaf, ("C", "B", *[None] * max(jnp.ndim(leaf) - 2, 0)), bound)
+    expected = ("C", "B", *[None] * max(jnp.ndim(leaf) - 2, 0))
+    bound = checks.check_shape(f"mixture_of_experts: experts{name}", leaf, expected, bound)
   present = jnp.ones((bound["C"], bound["B"]), jnp.bool_) if present is None else present
   checks.check_shape("mixture_of_experts: present", present, ("C", "B"), bound)
   checks.check_dtype("mixture_of_experts: present", present, "bool")
@@ -226,7 +227,8 @@ def subset_products_of_experts(
   References:
     Sutter et al., Generalized Multimodal ELBO, 2021.
 
-  >>> _, _, available = subset_products_of_experts(jnp.zeros((2, 1, 3)), jnp.zeros((2, 1, 3)), jnp.array([[True], [False]]))
+  >>> zeros = jnp.zeros((2, 1, 3))  # 2 experts, a batch of 1
+  >>> _, _, available = subset_products_of_experts(zeros, zeros, jnp.array([[True], [False]]))
   >>> available[:, 0].tolist()  # subsets (0,), (1,), (0, 1)
   [True, False, False]
   """
@@ -238,7 +240,11 @@ def subset_products_of_experts(
   membership = np.zeros((len(subsets), bound["M"]), bool)
   for row, subset in enumerate(subsets):
     membership[row, list(subset)] = True
-  with_prior = np.array([prior_subsets == "all" or (prior_subsets == "full" and len(s) == bound["M"]) for s in subsets])
+  with_prior = {
+      "none": np.zeros(len(subsets), bool),
+      "all": np.ones(len(subsets), bool),
+      "full": membership.all(axis=1),
+  }[prior_subsets]
   member_present = membership[:, :, None] & present[None]  # [S, M, B]
   subset_means, subset_log_variances = jax.vmap(_product, in_axes=(None, None, 0, 0))(
       means, log_variances, member_present, jnp.broadcast_to(with_prior[:, None], (len(subsets), bound["B"]))

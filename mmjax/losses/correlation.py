@@ -172,6 +172,8 @@ def cca_loss(
   if num_components is None:
     num_components = size
   if not isinstance(num_components, int) or not 1 <= num_components <= size:
-    raise ValueError(f"cca_loss: num_components: expected an int in [1, {size}] (min(D₁, D₂)), got {num_components!r}.")
+    raise ValueError(
+        f"cca_loss: num_components: expected an int in [1, {size}] (min(D₁, D₂)), got {num_components!r}."
+    )
   enough = jnp.sum(_check_pair("cca_loss", first, second, mask, same_width=False)) >= 2
   return jnp.where(enough, -jnp.sum(correlations[:num_components]), 0.0)

@@ -252,7 +252,9 @@ def mmvae_looser_bound(log_weights: jax.Array, present: jax.Array | None = None)
   return _masked_modality_mean(bounds, present, "mmvae_looser_bound")
 
 
-def dreg_mmvae_looser_surrogate(log_weights_fn: LogWeightsFn, z: jax.Array, present: jax.Array | None = None) -> jax.Array:
+def dreg_mmvae_looser_surrogate(
+    log_weights_fn: LogWeightsFn, z: jax.Array, present: jax.Array | None = None
+) -> jax.Array:
   """`mmvae_looser_bound` as a surrogate whose gradient is DReG's (MMVAE's ``dreg_looser``).
 
   Each modality's IWAE term gets the treatment of `dreg_iwae_surrogate`, with weights normalised

@@ -219,5 +219,7 @@ def likelihood_rescaling(event_shapes: Mapping[str, Sequence[int]], reference: s
   sizes = {name: math.prod(shape) for name, shape in event_shapes.items()}
   for name, size in sizes.items():
     if size <= 0:
-      raise ValueError(f"likelihood_rescaling: modality {name!r}: expected a non-empty event shape, got {tuple(event_shapes[name])}.")
+      raise ValueError(
+          f"likelihood_rescaling: modality {name!r}: expected a non-empty event shape, got {tuple(event_shapes[name])}."
+      )
   return {name: sizes[reference] / size for name, size in sizes.items()}

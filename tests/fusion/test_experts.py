@@ -1,6 +1,7 @@
 """Products and mixtures of experts against float64 NumPy references; presence masks with garbage
 in the absent experts; extreme log-variances; stratified selection; MoPoE subsets; jit, grad, vmap."""
 
+import functools
 import itertools
 
 import jax
@@ -34,7 +35,8 @@ def _random_experts(rng, shape, log_variance_scale=1.0):
 
 def test_one_expert_with_the_prior_is_the_closed_form():
   mu, variance = np.array([[[1.5, -2.0, 0.3]]]), np.array([[[0.25, 4.0, 1.0]]])
-  mean, log_variance = jax.jit(experts.product_of_experts)(jnp.asarray(mu, jnp.float32), jnp.asarray(np.log(variance), jnp.float32))
+  args = jnp.asarray(mu, jnp.float32), jnp.asarray(np.log(variance), jnp.float32)
+  mean, log_variance = jax.jit(experts.product_of_experts)(*args)
   # N(μ, σ²)·N(0, 1) ∝ N(μ / (1 + σ²), σ² / (1 + σ²)).
   np.testing.assert_allclose(mean, (mu / (1 + variance))[0], rtol=1e-6)
   np.testing.assert_allclose(np.exp(log_variance), (variance / (1 + variance))[0], rtol=1e-6)
@@ -198,15 +200,17 @@ def test_subset_products_match_numpy_and_availability_needs_every_member(prior_s
   means, log_variances = _random_experts(rng, (3, 8, 2))
   present = rng.uniform(size=(3, 8)) < 0.6
   present[:, 0] = True
-  got_means, got_log_variances, available = jax.jit(experts.subset_products_of_experts, static_argnames="prior_subsets")(
-      jnp.asarray(means, jnp.float32), jnp.asarray(log_variances, jnp.float32), jnp.asarray(present), prior_subsets=prior_subsets
+  products = jax.jit(functools.partial(experts.subset_products_of_experts, prior_subsets=prior_subsets))
+  got_means, got_log_variances, available = products(
+      jnp.asarray(means, jnp.float32), jnp.asarray(log_variances, jnp.float32), jnp.asarray(present)
   )
   subsets = experts.modality_subsets(3)
   assert got_means.shape == (7, 8, 2) and available.shape == (7, 8)
   for s, subset in enumerate(subsets):
     np.testing.assert_array_equal(available[s], np.all(present[list(subset)], axis=0))
     with_prior = prior_subsets == "all" or (prior_subsets == "full" and len(subset) == 3)
-    want_mean, want_log_variance = poe_reference(means[list(subset)], log_variances[list(subset)], present[list(subset)], with_prior)
+    members = list(subset)
+    want_mean, want_log_variance = poe_reference(means[members], log_variances[members], present[members], with_prior)
     for b in np.flatnonzero(available[s]):
       np.testing.assert_allclose(got_means[s, b], want_mean[b], rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(got_log_variances[s, b], want_log_variance[b], rtol=1e-5, atol=1e-6)
@@ -233,7 +237,10 @@ def test_mixture_of_products_gradients_are_finite_with_garbage_in_absent_experts
   means, log_variances = _random_experts(rng, (2, 6, 3))
   present = np.array([[1, 1, 0, 1, 0, 1], [1, 0, 1, 1, 0, 1]], bool)
   absent = ~present[..., None]
-  garbage = (jnp.asarray(np.where(absent, 1e30, means), jnp.float32), jnp.asarray(np.where(absent, -1e4, log_variances), jnp.float32))
+  garbage = (
+      jnp.asarray(np.where(absent, 1e30, means), jnp.float32),
+      jnp.asarray(np.where(absent, -1e4, log_variances), jnp.float32),
+  )
 
   def objective(means, log_variances):
     mean, log_variance, _ = experts.mixture_of_products_of_experts(means, log_variances, jnp.asarray(present))

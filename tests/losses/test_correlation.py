@@ -15,7 +15,7 @@ def cosine_reference(first, second):
 
 
 def regularised_correlations(first, second, regularization):
-  """Singular values of Σ₁₁^{-1/2} C₁₂ Σ₂₂^{-1/2}, Σᵢᵢ = Cᵢᵢ + r·(tr Cᵢᵢ / Dᵢ)·I, by eigendecomposition and SVD."""
+  """Singular values of Σ₁₁^{-1/2} C₁₂ Σ₂₂^{-1/2} with Σᵢᵢ = Cᵢᵢ + r·(tr Cᵢᵢ / Dᵢ)·I, by eigh and SVD."""
   n = len(first)
   h1, h2 = first - first.mean(0), second - second.mean(0)
 

@@ -1,6 +1,7 @@
 """ELBO, IWAE, DReG and MMVAE's looser bound against independent computations on linear-Gaussian
 models, where log p(x), the posterior and (by quadrature) the expected bounds are known exactly."""
 
+import functools
 import math
 
 import jax
@@ -25,10 +26,18 @@ def _log_normal(x, mean, variance):
   return -0.5 * (jnp.square(x - mean) / variance + jnp.log(2 * math.pi * variance))
 
 
-def log_joint(z, x=X, weight=WEIGHT):
-  """``log p(x, z)`` for z ``[..., B, 2]`` -> ``[..., B]`` (float32, written without the library)."""
+def log_likelihood(z, x=X, weight=WEIGHT):
+  """``log p(x|z)`` for z ``[..., B, 2]`` -> ``[..., B]`` (float32, written without the library)."""
   mean = jnp.einsum("od,...bd->...bo", jnp.asarray(weight, jnp.float32), z) + jnp.asarray(BIAS, jnp.float32)
-  return jnp.sum(_log_normal(z, 0.0, 1.0), -1) + jnp.sum(_log_normal(jnp.asarray(x, jnp.float32), mean, NOISE**2), -1)
+  return jnp.sum(_log_normal(jnp.asarray(x, jnp.float32), mean, NOISE**2), -1)
+
+
+def log_prior(z):
+  return jnp.sum(_log_normal(z, 0.0, 1.0), -1)
+
+
+def log_joint(z, x=X, weight=WEIGHT):
+  return log_prior(z) + log_likelihood(z, x, weight)
 
 
 def log_marginal(x=X):
@@ -43,7 +52,8 @@ def posterior(x=X):
 
 
 def _q(mean, variance):
-  return DiagonalGaussian(jnp.asarray(mean, jnp.float32), jnp.log(jnp.asarray(np.broadcast_to(variance, np.shape(mean)), jnp.float32)))
+  variance = np.broadcast_to(variance, np.shape(mean))
+  return DiagonalGaussian(jnp.asarray(mean, jnp.float32), jnp.log(jnp.asarray(variance, jnp.float32)))
 
 
 def _mismatched_q():
@@ -66,10 +76,9 @@ def test_elbo_value_and_shapes():
 def test_iwae_with_one_sample_equals_the_elbo_on_the_same_samples():
   q = _mismatched_q()
   z = q.sample(jax.random.key(0), 1)
-  log_likelihood = jnp.sum(_log_normal(jnp.asarray(X, jnp.float32), jnp.einsum("od,kbd->kbo", jnp.asarray(WEIGHT, jnp.float32), z) + jnp.asarray(BIAS, jnp.float32), NOISE**2), -1)
-  monte_carlo_kl = q.log_prob(z) - jnp.sum(_log_normal(z, 0.0, 1.0), -1)
+  monte_carlo_kl = q.log_prob(z) - log_prior(z)
   log_weights = log_joint(z) - q.log_prob(z)
-  np.testing.assert_allclose(losses.iwae_bound(log_weights), losses.elbo(log_likelihood, monte_carlo_kl), rtol=1e-6)
+  np.testing.assert_allclose(losses.iwae_bound(log_weights), losses.elbo(log_likelihood(z), monte_carlo_kl), rtol=1e-6)
   # With K samples the ELBO estimate is their mean log-weight, below the IWAE bound (Jensen).
   log_weights, _ = _iwae_log_weights(q, jax.random.key(1), 8)
   assert np.all(np.asarray(losses.iwae_bound(log_weights)) >= np.asarray(jnp.mean(log_weights, 0)))
@@ -85,8 +94,7 @@ def test_elbo_with_analytic_kl_matches_the_closed_form():
   kl = 0.5 * np.sum(mean**2 + variance - 1 - np.log(variance), 1)
   q = _q(mean, variance)
   z = q.sample(jax.random.key(2), 100_000)
-  log_likelihood = log_joint(z) - jnp.sum(_log_normal(z, 0.0, 1.0), -1)
-  got = jax.jit(losses.elbo)(log_likelihood, q.kl_to_standard_normal())
+  got = jax.jit(losses.elbo)(log_likelihood(z), q.kl_to_standard_normal())
   np.testing.assert_allclose(got, expected_log_likelihood - kl, rtol=2e-3)
   assert np.all(np.asarray(got) < log_marginal())
 
@@ -118,7 +126,8 @@ def test_chunked_iwae_log_likelihood_equals_the_dense_bound_and_approaches_log_p
     return _iwae_log_weights(q, key, chunk_size)[0]
 
   key = jax.random.key(3)
-  chunked = jax.jit(lambda key: losses.iwae_log_likelihood(log_weights_fn, key, num_samples=num_samples, chunk_size=chunk_size))(key)
+  estimate = functools.partial(losses.iwae_log_likelihood, log_weights_fn, num_samples=num_samples, chunk_size=chunk_size)
+  chunked = jax.jit(estimate)(key)
   log_weights = jnp.concatenate([log_weights_fn(k) for k in jax.random.split(key, num_samples // chunk_size)])
   np.testing.assert_allclose(chunked, losses.iwae_bound(log_weights), rtol=1e-5)
   # The estimate of p(x) is a mean of K weights: its relative standard error gives the tolerance.
@@ -227,7 +236,10 @@ def test_dreg_and_iwae_gradients_are_unbiased_for_the_exact_gradient(num_samples
     plus, minus = dict(params), dict(params)
     plus[name] += eps
     minus[name] -= eps
-    truth[name] = (_expected_iwae_by_quadrature(**plus, num_samples=num_samples) - _expected_iwae_by_quadrature(**minus, num_samples=num_samples)) / (2 * eps)
+    difference = _expected_iwae_by_quadrature(**plus, num_samples=num_samples) - _expected_iwae_by_quadrature(
+        **minus, num_samples=num_samples
+    )
+    truth[name] = difference / (2 * eps)
   if num_samples == 1:  # the quadrature against the ELBO's closed form
     mean, variance, slope = params["mean"], np.exp(params["log_variance"]), params["slope"]
     closed_form = {
@@ -285,7 +297,7 @@ def _unimodal_posteriors():
   mean, variance = posterior()
   return DiagonalGaussian(
       jnp.asarray(np.stack([mean + 0.3, mean - 0.5]), jnp.float32),
-      jnp.log(jnp.asarray(np.stack([np.broadcast_to(variance * 2, (2, 2)), np.broadcast_to(variance * 0.7, (2, 2))]), jnp.float32)),
+      jnp.log(jnp.asarray(np.stack([np.tile(variance * 2, (2, 1)), np.tile(variance * 0.7, (2, 1))]), jnp.float32)),
   )
 
 
@@ -366,7 +378,11 @@ def test_dreg_looser_gradients_equal_the_stop_gradient_reference(with_presence):
     assert np.all(encoder_grads[1, 1] == 0) and np.all(encoder_grads[0] != 0) and np.all(encoder_grads[1, 0] != 0)
   else:
     assert np.all(encoder_grads != 0)
-  value, bound = jax.jit(lambda p, w: (loss(p, w), losses.mmvae_looser_bound(_mmvae_log_weights(p, sample(p), present), present)))(posteriors, weight)
+  def value_and_bound(posteriors, weight):
+    bound = losses.mmvae_looser_bound(_mmvae_log_weights(posteriors, sample(posteriors), present), present)
+    return loss(posteriors, weight), bound
+
+  value, bound = jax.jit(value_and_bound)(posteriors, weight)
   np.testing.assert_allclose(value, jnp.sum(outer * bound), rtol=1e-6)
 
 

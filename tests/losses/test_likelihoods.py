@@ -112,7 +112,8 @@ def test_categorical_labels_and_one_hot_match_scipy():
   np.testing.assert_allclose(got_one_hot, want, rtol=1e-5)
   # A single label per sample (a label modality): logits [B, C], labels [B].
   single = losses.categorical_log_likelihood(jnp.asarray(logits[:, 0], jnp.float32), jnp.asarray(labels[:, 0], jnp.int32))
-  np.testing.assert_allclose(single, [stats.multinomial.logpmf(np.eye(7)[l], 1, np.exp(lp)) for l, lp in zip(labels[:, 0], log_probs[:, 0])], rtol=1e-5)
+  want_single = [stats.multinomial.logpmf(np.eye(7)[l], 1, np.exp(lp)) for l, lp in zip(labels[:, 0], log_probs[:, 0])]
+  np.testing.assert_allclose(single, want_single, rtol=1e-5)
 
 
 def test_tokens_ignore_padding_whatever_it_holds():
