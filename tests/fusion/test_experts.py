@@ -232,6 +232,18 @@ def test_mixture_of_products_picks_available_subsets_in_proportion():
   np.testing.assert_allclose(log_variance, np.asarray(subset_log_variances)[subset, rows], rtol=1e-6)
 
 
+def test_mixture_of_products_under_vmap_over_independent_problems():
+  rng = np.random.default_rng(8)
+  means, log_variances = _random_experts(rng, (2, 3, 6, 2))  # 2 problems of 3 experts
+  present = rng.uniform(size=(2, 3, 6)) < 0.7
+  args = (jnp.asarray(means, jnp.float32), jnp.asarray(log_variances, jnp.float32), jnp.asarray(present))
+  batched = jax.jit(jax.vmap(experts.mixture_of_products_of_experts))(*args)
+  for index in range(2):
+    single = experts.mixture_of_products_of_experts(*(a[index] for a in args))
+    for got, want in zip(batched, single):
+      np.testing.assert_allclose(got[index], want, rtol=1e-6)
+
+
 def test_mixture_of_products_gradients_are_finite_with_garbage_in_absent_experts():
   rng = np.random.default_rng(7)
   means, log_variances = _random_experts(rng, (2, 6, 3))

@@ -109,6 +109,14 @@ def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_m
   )
 
 
+def test_cca_under_vmap_over_independent_problems():
+  rng = np.random.default_rng(8)
+  views = [_correlated_views(rng, n=30) for _ in range(3)]
+  first, second = (jnp.asarray(np.stack(v), jnp.float32) for v in zip(*views))
+  got = jax.jit(jax.vmap(losses.cca_loss))(first, second)
+  np.testing.assert_allclose(got, [-regularised_correlations(a, b, 1e-3).sum() for a, b in views], rtol=1e-4)
+
+
 def test_cca_gradient_matches_finite_differences_of_the_reference():
   rng = np.random.default_rng(5)
   first, second = _correlated_views(rng, n=12, widths=(2, 3))
