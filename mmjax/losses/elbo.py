@@ -126,7 +126,7 @@ def iwae_bound(log_weights: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def _reweighting_tap(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``z`` and two zero ``[...]`` taps; the gradient reaching ``z`` is scaled by the ratio of the taps' cotangents."""
+  """``z`` and two zero taps ``[...]``; the gradient reaching ``z`` is scaled by their cotangents' ratio."""
   zeros = jnp.zeros(z.shape[:-1], jnp.float32)
   return z, zeros, zeros
 
