@@ -3,6 +3,17 @@
 from mmjax.losses.alignment import cycle_consistency_loss, domain_adversarial_loss, gradient_reversal
 from mmjax.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from mmjax.losses.contrastive import clamped_scale, clip_loss, nt_xent_loss, siglip_loss
+from mmjax.losses.correlation import canonical_correlations, cca_loss, cosine_alignment_loss
+from mmjax.losses.distributions import DiagonalGaussian, DiagonalLaplace, mixture_log_prob
+from mmjax.losses.elbo import (
+    dreg_iwae_surrogate,
+    dreg_mmvae_looser_surrogate,
+    elbo,
+    iwae_bound,
+    iwae_log_likelihood,
+    kl_warmup,
+    mmvae_looser_bound,
+)
 from mmjax.losses.gan import (
     GAN_LOSSES,
     GanLoss,
@@ -20,6 +31,14 @@ from mmjax.losses.gan import (
     wasserstein_discriminator_loss,
     wasserstein_generator_loss,
 )
+from mmjax.losses.likelihoods import (
+    bernoulli_log_likelihood,
+    categorical_log_likelihood,
+    gaussian_log_likelihood,
+    laplace_log_likelihood,
+    likelihood_rescaling,
+    token_log_likelihood,
+)
 
 __all__ = [
     # alignment
@@ -33,6 +52,22 @@ __all__ = [
     "clip_loss",
     "nt_xent_loss",
     "siglip_loss",
+    # correlation
+    "canonical_correlations",
+    "cca_loss",
+    "cosine_alignment_loss",
+    # distributions
+    "DiagonalGaussian",
+    "DiagonalLaplace",
+    "mixture_log_prob",
+    # elbo
+    "dreg_iwae_surrogate",
+    "dreg_mmvae_looser_surrogate",
+    "elbo",
+    "iwae_bound",
+    "iwae_log_likelihood",
+    "kl_warmup",
+    "mmvae_looser_bound",
     # gan
     "GAN_LOSSES",
     "GanLoss",
@@ -49,4 +84,11 @@ __all__ = [
     "r1_penalty",
     "wasserstein_discriminator_loss",
     "wasserstein_generator_loss",
+    # likelihoods
+    "bernoulli_log_likelihood",
+    "categorical_log_likelihood",
+    "gaussian_log_likelihood",
+    "laplace_log_likelihood",
+    "likelihood_rescaling",
+    "token_log_likelihood",
 ]

@@ -1,0 +1,193 @@
+"""Cosine alignment and Deep CCA losses against float64 NumPy references (two ways of computing
+canonical correlations), with masks, degenerate batches, jit, grad and vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import losses
+
+
+def cosine_reference(first, second):
+  cosines = np.sum(first * second, 1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+  return np.mean(1 - cosines)
+
+
+def regularised_correlations(first, second, regularization):
+  """Singular values of Σ₁₁^{-1/2} C₁₂ Σ₂₂^{-1/2} with Σᵢᵢ = Cᵢᵢ + r·(tr Cᵢᵢ / Dᵢ)·I, by eigh and SVD."""
+  n = len(first)
+  h1, h2 = first - first.mean(0), second - second.mean(0)
+
+  def inverse_sqrt(covariance):
+    values, vectors = np.linalg.eigh(covariance)
+    return vectors @ np.diag(values**-0.5) @ vectors.T
+
+  c11, c22 = h1.T @ h1 / (n - 1), h2.T @ h2 / (n - 1)
+  s11 = c11 + regularization * np.trace(c11) / len(c11) * np.eye(len(c11))
+  s22 = c22 + regularization * np.trace(c22) / len(c22) * np.eye(len(c22))
+  s12 = h1.T @ h2 / (n - 1)
+  return np.linalg.svd(inverse_sqrt(s11) @ s12 @ inverse_sqrt(s22), compute_uv=False)
+
+
+def classical_correlations(first, second):
+  """Hotelling's canonical correlations: cosines of the principal angles between the centred column spaces."""
+  q1, _ = np.linalg.qr(first - first.mean(0))
+  q2, _ = np.linalg.qr(second - second.mean(0))
+  return np.linalg.svd(q1.T @ q2, compute_uv=False)
+
+
+def _correlated_views(rng, n=200, widths=(3, 4), shared=2, noise=0.7):
+  latent = rng.normal(size=(n, shared))
+  first = latent @ rng.normal(size=(shared, widths[0])) + noise * rng.normal(size=(n, widths[0]))
+  second = latent @ rng.normal(size=(shared, widths[1])) + noise * rng.normal(size=(n, widths[1]))
+  return first, second
+
+
+def test_cosine_alignment_matches_numpy_under_jit_and_vmap():
+  rng = np.random.default_rng(0)
+  first, second = rng.normal(size=(3, 7, 5)), rng.normal(size=(3, 7, 5))
+  got = jax.jit(jax.vmap(losses.cosine_alignment_loss))(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32))
+  np.testing.assert_allclose(got, [cosine_reference(a, b) for a, b in zip(first, second)], rtol=1e-5)
+
+
+def test_cosine_alignment_gradient_matches_finite_differences():
+  rng = np.random.default_rng(1)
+  first, second = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+  grad = jax.grad(losses.cosine_alignment_loss)(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32))
+  numerical = np.zeros_like(first)
+  for index in np.ndindex(first.shape):
+    step = np.zeros_like(first)
+    step[index] = 1e-6
+    numerical[index] = (cosine_reference(first + step, second) - cosine_reference(first - step, second)) / 2e-6
+  np.testing.assert_allclose(grad, numerical, rtol=1e-3, atol=1e-6)
+
+
+def test_cosine_alignment_mask_and_zero_vectors():
+  rng = np.random.default_rng(2)
+  first, second = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+  keep = np.array([1, 0, 1, 1, 0, 1], bool)
+  padded = np.where(keep[:, None], first, 1e30), np.where(keep[:, None], second, -1e30)
+  value, grads = jax.value_and_grad(losses.cosine_alignment_loss, argnums=(0, 1))(
+      *(jnp.asarray(x, jnp.float32) for x in padded), mask=jnp.asarray(keep)
+  )
+  np.testing.assert_allclose(value, cosine_reference(first[keep], second[keep]), rtol=1e-5)
+  for grad in grads:
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~keep] == 0) and np.all(np.asarray(grad)[keep] != 0)
+  zero = jax.value_and_grad(losses.cosine_alignment_loss)(jnp.zeros((2, 3)), jnp.ones((2, 3)))
+  assert float(zero[0]) == 1.0 and np.all(np.isfinite(zero[1]))
+  assert float(losses.cosine_alignment_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), mask=jnp.zeros(2, bool))) == 0.0
+
+
+@pytest.mark.parametrize("widths", [(3, 4), (4, 2), (3, 3)])
+def test_canonical_correlations_match_both_numpy_references(widths):
+  rng = np.random.default_rng(3)
+  first, second = _correlated_views(rng, widths=widths)
+  fn = jax.jit(losses.canonical_correlations, static_argnames=("regularization", "epsilon"))
+  got = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-3)
+  np.testing.assert_allclose(got, regularised_correlations(first, second, 1e-3), rtol=1e-4)
+  tiny = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-7)
+  np.testing.assert_allclose(tiny, classical_correlations(first, second), rtol=1e-3, atol=1e-4)
+  assert np.all(np.diff(np.asarray(got)) <= 0) and got.shape == (min(widths),)
+
+
+def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_maps():
+  rng = np.random.default_rng(4)
+  first, second = _correlated_views(rng)
+  reference = regularised_correlations(first, second, 1e-3)
+  for k in (1, 2, 3):
+    got = losses.cca_loss(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), num_components=k)
+    np.testing.assert_allclose(got, -reference[:k].sum(), rtol=1e-4)
+  scaled = losses.cca_loss(jnp.asarray(first * 1e3, jnp.float32), jnp.asarray(second * 1e-3, jnp.float32))
+  np.testing.assert_allclose(scaled, -reference.sum(), rtol=1e-4)
+  # CCA is invariant to invertible linear maps of a view (up to the ridge).
+  mixed = first @ rng.normal(size=(3, 3)) + 5.0
+  np.testing.assert_allclose(
+      losses.cca_loss(jnp.asarray(mixed, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-7),
+      -classical_correlations(first, second).sum(),
+      rtol=1e-3,
+  )
+
+
+def test_cca_under_vmap_over_independent_problems():
+  rng = np.random.default_rng(8)
+  views = [_correlated_views(rng, n=30) for _ in range(3)]
+  first, second = (jnp.asarray(np.stack(v), jnp.float32) for v in zip(*views))
+  got = jax.jit(jax.vmap(losses.cca_loss))(first, second)
+  np.testing.assert_allclose(got, [-regularised_correlations(a, b, 1e-3).sum() for a, b in views], rtol=1e-4)
+
+
+def test_cca_gradient_matches_finite_differences_of_the_reference():
+  rng = np.random.default_rng(5)
+  first, second = _correlated_views(rng, n=12, widths=(2, 3))
+  grads = jax.grad(lambda a, b: losses.cca_loss(a, b, regularization=0.1), argnums=(0, 1))(
+      jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32)
+  )
+
+  def reference(a, b):
+    return -regularised_correlations(a, b, 0.1).sum()
+
+  for argnum, (grad, x) in enumerate(zip(grads, (first, second))):
+    numerical = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+      step = np.zeros_like(x)
+      step[index] = 1e-6
+      args_plus, args_minus = [first, second], [first, second]
+      args_plus[argnum], args_minus[argnum] = x + step, x - step
+      numerical[index] = (reference(*args_plus) - reference(*args_minus)) / 2e-6
+    np.testing.assert_allclose(grad, numerical, rtol=2e-3, atol=2e-4)
+    assert np.all(np.asarray(grad) != 0)
+
+
+def test_cca_mask_equals_the_loss_on_kept_rows():
+  rng = np.random.default_rng(6)
+  first, second = _correlated_views(rng, n=40)
+  keep = rng.uniform(size=40) < 0.7
+  padded = np.where(keep[:, None], first, 1e20), np.where(keep[:, None], second, -3e20)
+
+  def loss(a, b):
+    return losses.cca_loss(a, b, mask=jnp.asarray(keep))
+
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(*(jnp.asarray(x, jnp.float32) for x in padded))
+  np.testing.assert_allclose(value, -regularised_correlations(first[keep], second[keep], 1e-3).sum(), rtol=1e-4)
+  for grad in grads:
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~keep] == 0)
+
+
+@pytest.mark.parametrize("case", ["constant batch", "one row", "all masked", "fewer rows than dimensions"])
+def test_cca_is_finite_on_degenerate_batches(case):
+  rng = np.random.default_rng(7)
+  first, second = rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
+  mask = None
+  if case == "constant batch":
+    first, second = np.ones((6, 4)), np.ones((6, 3))
+  elif case == "one row":
+    mask = np.eye(6, dtype=bool)[0]
+  elif case == "all masked":
+    mask = np.zeros(6, bool)
+  else:
+    first, second = first[:3], second[:3]
+  mask = None if mask is None else jnp.asarray(mask)
+  value, grads = jax.value_and_grad(lambda a, b: losses.cca_loss(a, b, mask=mask), argnums=(0, 1))(
+      jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32)
+  )
+  assert np.isfinite(value) and -3 <= float(value) <= 0
+  for grad in grads:
+    assert np.all(np.isfinite(grad))
+  if case in ("one row", "all masked"):
+    assert float(value) == 0.0
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: losses.cosine_alignment_loss(jnp.zeros((4, 3)), jnp.zeros((4, 2))), r"cosine_alignment_loss: 'second' embeddings: expected shape \(B, D\) with B=4, D=3, got \(4, 2\)"),
+        (lambda: losses.cca_loss(jnp.zeros((4, 3)), jnp.zeros((5, 2))), r"canonical_correlations: 'second' embeddings: expected shape \(B, \?\) with B=4, got \(5, 2\)"),
+        (lambda: losses.cca_loss(jnp.zeros((4, 3)), jnp.zeros((4, 2)), num_components=3), r"cca_loss: num_components: expected an int in \[1, 2\]"),
+        (lambda: losses.cca_loss(jnp.zeros((4, 3)), jnp.zeros((4, 2)), mask=jnp.ones(4)), r"mask: expected a bool array"),
+        (lambda: losses.cosine_alignment_loss(jnp.zeros((4, 3), jnp.int32), jnp.zeros((4, 3))), r"'first' embeddings: expected a float array"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()

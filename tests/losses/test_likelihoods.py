@@ -1,0 +1,181 @@
+"""Log-likelihoods against scipy.stats in float64, under jit, grad and vmap; masks; bad inputs."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from mmjax import losses
+
+SHAPE = (3, 4, 2)  # a batch of 3 events of shape (4, 2)
+
+
+def _per_sample(values):
+  return np.asarray(values, np.float64).reshape(values.shape[0], -1).sum(axis=1)
+
+
+def test_bernoulli_matches_scipy_on_binary_targets_under_jit():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(scale=3.0, size=SHAPE)
+  targets = (rng.uniform(size=SHAPE) < 0.5).astype(np.float64)
+  got = jax.jit(losses.bernoulli_log_likelihood)(jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32))
+  want = _per_sample(stats.bernoulli.logpmf(targets, special.expit(logits)))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_bernoulli_grey_targets_give_the_cross_entropy():
+  rng = np.random.default_rng(1)
+  logits, targets = rng.normal(size=SHAPE), rng.uniform(size=SHAPE)
+  p = special.expit(logits)
+  want = _per_sample(targets * np.log(p) + (1 - targets) * np.log1p(-p))
+  got = losses.bernoulli_log_likelihood(jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  grad = jax.grad(lambda l: losses.bernoulli_log_likelihood(l, jnp.asarray(targets, jnp.float32)).sum())(
+      jnp.asarray(logits, jnp.float32)
+  )
+  np.testing.assert_allclose(grad, targets - p, rtol=1e-4, atol=1e-6)  # d/dl of x·l − softplus(l)
+
+
+def test_bernoulli_is_stable_for_huge_logits():
+  logits = jnp.array([[1e4, -1e4, 80.0, -80.0]], jnp.float32)
+  targets = jnp.array([[1.0, 0.0, 0.0, 1.0]], jnp.float32)
+  value, grad = jax.value_and_grad(lambda l: losses.bernoulli_log_likelihood(l, targets)[0])(logits)
+  np.testing.assert_allclose(value, -160.0, rtol=1e-6)  # the two confident wrong answers cost 80 each
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, [[0.0, 0.0, -1.0, 1.0]], atol=1e-6)
+
+
+LOG_SCALE_SHAPES = {"scalar": (), "per event element": SHAPE[1:], "per element": SHAPE}
+
+
+@pytest.mark.parametrize("family", ["gaussian", "laplace"])
+@pytest.mark.parametrize("scale_shape", sorted(LOG_SCALE_SHAPES))
+def test_gaussian_and_laplace_match_scipy(family, scale_shape):
+  rng = np.random.default_rng(2)
+  mean, targets = rng.normal(size=SHAPE), rng.normal(size=SHAPE)
+  log_scale = rng.normal(scale=0.5, size=LOG_SCALE_SHAPES[scale_shape])
+  fn = {"gaussian": losses.gaussian_log_likelihood, "laplace": losses.laplace_log_likelihood}[family]
+  dist = {"gaussian": stats.norm, "laplace": stats.laplace}[family]
+  got = jax.jit(fn)(jnp.asarray(mean, jnp.float32), jnp.asarray(log_scale, jnp.float32), jnp.asarray(targets, jnp.float32))
+  want = _per_sample(dist.logpdf(targets, loc=mean, scale=np.broadcast_to(np.exp(log_scale), SHAPE)))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_fixed_python_scale_is_accepted_and_mmvae_laplace_scale():
+  loc = jnp.zeros((1, 2))
+  targets = jnp.array([[0.25, -0.5]])
+  got = losses.laplace_log_likelihood(loc, math.log(0.75), targets)
+  np.testing.assert_allclose(got, [stats.laplace.logpdf([0.25, -0.5], scale=0.75).sum()], rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "laplace"])
+def test_gradients_match_finite_differences_of_scipy(family):
+  rng = np.random.default_rng(3)
+  mean, targets = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+  log_scale = rng.normal(scale=0.3, size=(3,))
+  fn = {"gaussian": losses.gaussian_log_likelihood, "laplace": losses.laplace_log_likelihood}[family]
+  dist = {"gaussian": stats.norm, "laplace": stats.laplace}[family]
+
+  def reference(m, s):
+    return dist.logpdf(targets, loc=m, scale=np.exp(s)).sum()
+
+  grads = jax.grad(lambda m, s: fn(m, s, jnp.asarray(targets, jnp.float32)).sum(), argnums=(0, 1))(
+      jnp.asarray(mean, jnp.float32), jnp.asarray(log_scale, jnp.float32)
+  )
+  eps = 1e-6
+  for argnum, (grad, x) in enumerate(zip(grads, (mean, log_scale))):
+    numerical = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+      step = np.zeros_like(x)
+      step[index] = eps
+      args_plus = [mean, log_scale]
+      args_minus = [mean, log_scale]
+      args_plus[argnum], args_minus[argnum] = x + step, x - step
+      numerical[index] = (reference(*args_plus) - reference(*args_minus)) / (2 * eps)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(grad) != 0)
+
+
+def test_categorical_labels_and_one_hot_match_scipy():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(scale=2.0, size=(3, 5, 7))
+  labels = rng.integers(0, 7, size=(3, 5))
+  log_probs = special.log_softmax(logits, axis=-1)
+  want = np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0].sum(axis=1)
+  got = jax.jit(losses.categorical_log_likelihood)(jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  one_hot = np.eye(7)[labels]
+  got_one_hot = losses.categorical_log_likelihood(jnp.asarray(logits, jnp.float32), jnp.asarray(one_hot, jnp.float32))
+  np.testing.assert_allclose(got_one_hot, want, rtol=1e-5)
+  # A single label per sample (a label modality): logits [B, C], labels [B].
+  single = losses.categorical_log_likelihood(jnp.asarray(logits[:, 0], jnp.float32), jnp.asarray(labels[:, 0], jnp.int32))
+  want_single = [stats.multinomial.logpmf(np.eye(7)[l], 1, np.exp(lp)) for l, lp in zip(labels[:, 0], log_probs[:, 0])]
+  np.testing.assert_allclose(single, want_single, rtol=1e-5)
+
+
+def test_tokens_ignore_padding_whatever_it_holds():
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(2, 6, 9))
+  tokens = rng.integers(0, 9, size=(2, 6))
+  lengths = np.array([4, 2])
+  valid = np.arange(6)[None, :] < lengths[:, None]
+  padded = np.where(valid, tokens, np.array([[-3, 99, 1000, -1, 50, 7]]))  # out-of-range ids in the padding
+  log_probs = special.log_softmax(logits, axis=-1)
+  want = [sum(log_probs[b, t, tokens[b, t]] for t in range(lengths[b])) for b in range(2)]
+
+  def total(l):
+    return losses.token_log_likelihood(l, jnp.asarray(padded, jnp.int32), jnp.asarray(valid)).sum()
+
+  value, grad = jax.jit(jax.value_and_grad(total))(jnp.asarray(logits, jnp.float32))
+  np.testing.assert_allclose(value, sum(want), rtol=1e-5)
+  assert np.all(np.isfinite(grad))
+  assert np.all(np.asarray(grad)[~valid] == 0) and np.all(np.abs(np.asarray(grad)[valid]).sum(-1) > 0)
+
+
+def test_vmap_over_independent_problems():
+  rng = np.random.default_rng(6)
+  mean, targets = rng.normal(size=(4, *SHAPE)), rng.normal(size=(4, *SHAPE))
+  got = jax.vmap(losses.gaussian_log_likelihood, in_axes=(0, None, 0))(
+      jnp.asarray(mean, jnp.float32), jnp.float32(0.3), jnp.asarray(targets, jnp.float32)
+  )
+  want = [_per_sample(stats.norm.logpdf(t, loc=m, scale=np.exp(0.3))) for m, t in zip(mean, targets)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_bfloat16_inputs_give_float32():
+  got = losses.bernoulli_log_likelihood(jnp.zeros(SHAPE, jnp.bfloat16), jnp.ones(SHAPE, jnp.bfloat16))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, [8 * math.log(0.5)] * 3, rtol=1e-6)
+
+
+def test_likelihood_rescaling_of_mmvae():
+  weights = losses.likelihood_rescaling({"mnist": (28, 28, 1), "svhn": (32, 32, 3)}, reference="svhn")
+  assert weights == {"mnist": 3 * 32 * 32 / 784, "svhn": 1.0}
+  cub = losses.likelihood_rescaling({"image": (64, 64, 3), "sentence": (32,)}, reference="sentence")
+  assert cub == {"image": 32 / (3 * 64 * 64), "sentence": 1.0}
+  with pytest.raises(ValueError, match=r"reference modality 'text' is not one of \['mnist', 'svhn'\]"):
+    losses.likelihood_rescaling({"mnist": (28, 28, 1), "svhn": (32, 32, 3)}, reference="text")
+  with pytest.raises(ValueError, match=r"modality 'empty': expected a non-empty event shape, got \(0,\)"):
+    losses.likelihood_rescaling({"empty": (0,), "svhn": (32, 32, 3)}, reference="svhn")
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: losses.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4))), r"bernoulli_log_likelihood: targets: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: losses.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32)), r"targets: expected a float array"),
+        (lambda: losses.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2, 3))), r"gaussian_log_likelihood: log_scale: expected shape \(\) .*\(3,\).*\(2, 3\).*got \(2,\)"),
+        (lambda: losses.laplace_log_likelihood(jnp.zeros(()), 0.0, jnp.zeros(())), r"laplace_log_likelihood: loc: expected shape \(B,\), got \(\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((3,), jnp.int32)), r"targets \(class indices\): expected shape \(2,\), got \(3,\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2, 4))), r"targets \(one-hot\): expected shape \(2, 5\), got \(2, 4\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), mask=jnp.ones(2)), r"mask: expected a bool array"),
+        (lambda: losses.token_log_likelihood(jnp.zeros((2, 6, 9)), jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 6), bool)), r"token_log_likelihood: tokens: expected shape \(B, L\) with B=2, L=6, got \(2, 5\)"),
+        (lambda: losses.token_log_likelihood(jnp.zeros((2, 6, 9)), jnp.zeros((2, 6)), jnp.ones((2, 6), bool)), r"tokens: expected an int array"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
