@@ -20,8 +20,10 @@ from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_modality_cou
 class CrossAttention(nn.Module):
   """Pre-LayerNorm residual cross-attention: ``target + attention(ln(target), ln(source))``.
 
-  Queries come from `target`, keys and values from `source`. A target row whose source has no
-  valid position gets no update (rather than an average of padding).
+  Queries come from `target`, keys and values from the valid positions of `source` (what padding
+  holds never matters). Every target position is updated, padding included (a caller ignores its
+  padding); a sample whose source has no valid position gets no update (rather than an average of
+  padding).
 
   Attributes:
     num_heads: attention heads (the width must divide by it).
@@ -29,11 +31,9 @@ class CrossAttention(nn.Module):
     dtype: computation dtype (parameters stay float32).
 
   >>> layer = CrossAttention(num_heads=2)
-  >>> target, source = jnp.ones((1, 5, 8)), jnp.ones((1, 3, 8))
-  >>> target_valid, source_valid = jnp.ones((1, 5), bool), jnp.array([[True, True, False]])
-  >>> variables = layer.init(jax.random.key(0), target, source, target_valid, source_valid)
-  >>> out, state = layer.apply(variables, target, source, target_valid, source_valid, sow_weights=True,
-  ...                          mutable=["intermediates"])
+  >>> target, source, source_valid = jnp.ones((1, 5, 8)), jnp.ones((1, 3, 8)), jnp.array([[True, True, False]])
+  >>> variables = layer.init(jax.random.key(0), target, source, source_valid)
+  >>> out, state = layer.apply(variables, target, source, source_valid, sow_weights=True, mutable=["intermediates"])
   >>> out.shape, state["intermediates"]["attention"]["attention_weights"][0].shape  # [B, heads, T_target, T_source]
   ((1, 5, 8), (1, 2, 5, 3))
   """
@@ -47,23 +47,22 @@ class CrossAttention(nn.Module):
       self,
       target: jax.Array,
       source: jax.Array,
-      target_valid: jax.Array,
       source_valid: jax.Array,
       *,
       train: bool = False,
       sow_weights: bool = False,
   ) -> jax.Array:
-    """Updates ``target[B, T, W]`` from ``source[B, S, W]``; masks are ``bool[B, T]`` and ``bool[B, S]``.
+    """Updates ``target[B, T, W]`` from ``source[B, S, W]`` whose valid positions are ``source_valid bool[B, S]``.
 
     With `sow_weights`, the attention weights ``[B, heads, T, S]`` are sown into the
     ``intermediates`` collection (``["attention"]["attention_weights"]``).
     """
     queries = nn.LayerNorm(dtype=self.dtype, name="target_norm")(target)
-    keys = nn.LayerNorm(dtype=self.dtype, name="source_norm")(source)
+    # Zeroed, because a masked weight of 0 times a non-finite value would still be NaN.
+    keys = nn.LayerNorm(dtype=self.dtype, name="source_norm")(jnp.where(source_valid[..., None], source, 0))
     update = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attention"
-    )(queries, keys, mask=nn.make_attention_mask(target_valid, source_valid), deterministic=not train,
-      sow_weights=sow_weights)
+    )(queries, keys, mask=source_valid[:, None, None, :], deterministic=not train, sow_weights=sow_weights)
     update = jnp.where(jnp.any(source_valid, axis=-1)[:, None, None], update, 0)
     return target + nn.Dropout(self.dropout_rate)(update, deterministic=not train)
 
@@ -107,7 +106,6 @@ class _CrossStreamFusion(Fusion):
         x = CrossAttention(self.num_heads, self.dropout_rate, self.dtype, name=f"{modality.name}_cross{layer}")(
             streams[index],
             jnp.concatenate([sources[j] for j in others], axis=1),
-            modality.valid,
             jnp.concatenate([modalities[j].valid for j in others], axis=1),
             train=train,
         )

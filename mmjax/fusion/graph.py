@@ -235,7 +235,9 @@ class GraphFusion(Fusion):
   def __call__(self, inputs: FusionInputs, present: Presence = None, *, train: bool = False) -> jax.Array:
     del train  # no dropout
     modalities = self.pooled(inputs, present)
-    nodes = jnp.stack([nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.features) for m in modalities], 1)
+    nodes = jnp.stack(
+        [nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.features) for m in modalities], axis=1
+    )
     node_valid = jnp.stack([m.present for m in modalities], axis=1)
     nodes = MessagePassing(self.width, self.depth, self.conv, self.num_heads, self.dtype, name="message_passing")(
         nodes, node_valid, *self.graph([m.name for m in modalities])

@@ -56,10 +56,8 @@ class LateFusion(Fusion):
     if self.combine not in COMBINATIONS:
       raise ValueError(f"LateFusion: unknown combine {self.combine!r}; valid choices: {list(COMBINATIONS)}.")
     modalities = self.pooled(inputs, present)
-    log_probs = jnp.stack([
-        jax.nn.log_softmax(nn.Dense(self.features, dtype=self.dtype, name=f"{m.name}_head")(m.features).astype(jnp.float32))
-        for m in modalities
-    ])
+    logits = [nn.Dense(self.features, dtype=self.dtype, name=f"{m.name}_head")(m.features) for m in modalities]
+    log_probs = jax.nn.log_softmax(jnp.stack(logits).astype(jnp.float32))
     here = jnp.stack([m.present for m in modalities])
     if self.combine == "learned":
       logits = self.param("combination_logits", nn.initializers.zeros, (len(modalities),), jnp.float32)

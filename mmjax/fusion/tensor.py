@@ -90,6 +90,7 @@ class LowRankFusion(Fusion):
     fused = jnp.ones((modalities[0].features.shape[0], self.rank, self.features), self.dtype)
     for modality in modalities:
       augmented = _with_one(modality, self.dtype)
-      factors = self.param(f"{modality.name}_factors", init, (self.rank, augmented.shape[-1], self.features), jnp.float32)
+      shape = (self.rank, augmented.shape[-1], self.features)
+      factors = self.param(f"{modality.name}_factors", init, shape, jnp.float32)
       fused = fused * jnp.einsum("bd,rdf->brf", augmented, factors.astype(self.dtype))
     return jnp.sum(fused, axis=1)

@@ -144,10 +144,13 @@ class BottleneckFusion(Fusion):
     streams, valid = [], []
     for m in modalities:
       projected = nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens)
-      streams.append(jnp.concatenate([_learned_tokens(self, f"{m.name}_cls", 1, self.width, batch, self.dtype), projected], 1))
+      cls = _learned_tokens(self, f"{m.name}_cls", 1, self.width, batch, self.dtype)
+      streams.append(jnp.concatenate([cls, projected], axis=1))
       valid.append(jnp.concatenate([jnp.ones((batch, 1), bool), m.valid], axis=1))
     bottleneck = _learned_tokens(self, "bottleneck", self.num_bottlenecks, self.width, batch, self.dtype)
-    with_bottleneck = [_self_attention_mask(jnp.pad(v, ((0, 0), (0, self.num_bottlenecks)), constant_values=True)) for v in valid]
+    with_bottleneck = [
+        _self_attention_mask(jnp.pad(v, ((0, 0), (0, self.num_bottlenecks)), constant_values=True)) for v in valid
+    ]
     for layer in range(self.depth):
       blocks = [
           TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"{m.name}_block{layer}")
@@ -163,5 +166,7 @@ class BottleneckFusion(Fusion):
       streams = [y[:, : -self.num_bottlenecks] for y in joint]
       updates = jnp.stack([y[:, -self.num_bottlenecks:] for y in joint])
       bottleneck = jnp.where(jnp.any(here, axis=0)[:, None, None], mean_over_present(updates, here), bottleneck)
-    cls = jnp.stack([nn.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x[:, 0]) for m, x in zip(modalities, streams)])
+    cls = jnp.stack(
+        [nn.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x[:, 0]) for m, x in zip(modalities, streams)]
+    )
     return nn.Dense(self.features, dtype=self.dtype, name="projection")(mean_over_present(cls, here))

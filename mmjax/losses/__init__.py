@@ -2,7 +2,7 @@
 
 from mmjax.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from mmjax.losses.contrastive import clamped_scale, clip_loss, nt_xent_loss, siglip_loss
-from mmjax.losses.soft_dtw import pairwise_squared_distances, soft_dtw, soft_dtw_alignment
+from mmjax.losses.soft_dtw import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
 
 __all__ = [
     "chunked_clip_loss",
@@ -12,6 +12,6 @@ __all__ = [
     "nt_xent_loss",
     "pairwise_squared_distances",
     "siglip_loss",
-    "soft_dtw",
     "soft_dtw_alignment",
+    "soft_dtw_cost",
 ]

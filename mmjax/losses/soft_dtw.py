@@ -52,15 +52,15 @@ def pairwise_squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.maximum(squared, 0)
 
 
-def _check(cost, gamma, x_lengths, y_lengths) -> None:
-  bindings = checks.check_shape("soft_dtw: cost", cost, ("B", None, None))
-  checks.check_dtype("soft_dtw: cost", cost, "float")
+def _check(fn: str, cost, gamma, x_lengths, y_lengths) -> None:
+  bindings = checks.check_shape(f"{fn}: cost", cost, ("B", None, None))
+  checks.check_dtype(f"{fn}: cost", cost, "float")
   for name, lengths in (("x_lengths", x_lengths), ("y_lengths", y_lengths)):
     if lengths is not None:
-      checks.check_shape(f"soft_dtw: {name}", lengths, ("B",), bindings)
-      checks.check_dtype(f"soft_dtw: {name}", lengths, "int")
+      checks.check_shape(f"{fn}: {name}", lengths, ("B",), bindings)
+      checks.check_dtype(f"{fn}: {name}", lengths, "int")
   if isinstance(gamma, numbers.Real) and not gamma > 0:
-    raise ValueError(f"soft_dtw: gamma must be positive, got {gamma}.")
+    raise ValueError(f"{fn}: gamma must be positive, got {gamma}.")
 
 
 def _soft_minimum(values: jax.Array, valid: jax.Array, gamma) -> jax.Array:
@@ -78,14 +78,14 @@ def _lengths(lengths, size: int, batch: int) -> jax.Array:
   return jnp.clip(jnp.asarray(lengths, jnp.int32), 1, size)
 
 
-def soft_dtw(
+def soft_dtw_cost(
     cost: jax.Array,
     *,
     gamma: float | jax.Array = 1.0,
     x_lengths: jax.Array | None = None,
     y_lengths: jax.Array | None = None,
 ) -> jax.Array:
-  """Soft-DTW of every pair in a batch, from its cost matrix.
+  """The soft-DTW alignment cost of every pair in a batch, from its cost matrix.
 
   Args:
     cost: ``[B, N, M]`` costs ``C[b, i, j]`` of matching ``x[b, i]`` with ``y[b, j]`` (for example
@@ -103,14 +103,14 @@ def soft_dtw(
     Cuturi and Blondel, "Soft-DTW: a Differentiable Loss Function for Time-Series", ICML 2017.
 
   >>> cost = jnp.array([[[0.0, 1.0, 4.0], [1.0, 0.0, 1.0], [4.0, 1.0, 0.0]]])
-  >>> soft_dtw(cost, gamma=1e-3)  # DTW: the diagonal costs nothing
+  >>> soft_dtw_cost(cost, gamma=1e-3)  # DTW: the diagonal costs nothing
   Array([0.], dtype=float32)
-  >>> soft_dtw(cost, gamma=1.0)
+  >>> soft_dtw_cost(cost, gamma=1.0)
   Array([-1.19...], dtype=float32)
-  >>> soft_dtw(cost, gamma=1e-3, x_lengths=jnp.array([2]), y_lengths=jnp.array([3]))  # rows 0–1 only
+  >>> soft_dtw_cost(cost, gamma=1e-3, x_lengths=jnp.array([2]), y_lengths=jnp.array([3]))  # rows 0–1 only
   Array([1.], dtype=float32)
   """
-  _check(cost, gamma, x_lengths, y_lengths)
+  _check("soft_dtw_cost", cost, gamma, x_lengths, y_lengths)
   batch, n, m = cost.shape
   dtype = jnp.promote_types(jnp.result_type(cost), jnp.float32)
   rows, cols = _lengths(x_lengths, n, batch), _lengths(y_lengths, m, batch)
@@ -145,11 +145,11 @@ def soft_dtw_alignment(
     x_lengths: jax.Array | None = None,
     y_lengths: jax.Array | None = None,
 ) -> jax.Array:
-  """The expected alignment matrix of soft-DTW: ``A[b] = ∂ soft_dtw(cost)[b] / ∂ cost[b]``.
+  """The expected alignment matrix of soft-DTW: ``A[b] = ∂ soft_dtw_cost(cost)[b] / ∂ cost[b]``.
 
   ``A[b, i, j]`` in ``[0, 1]`` is the probability that ``x[b, i]`` is matched with ``y[b, j]`` under
   the Gibbs distribution over alignment paths; as ``γ → 0`` it becomes the 0/1 matrix of the DTW
-  path. Arguments as in `soft_dtw`; entries outside each pair's lengths are 0.
+  path. Arguments as in `soft_dtw_cost`; entries outside each pair's lengths are 0.
 
   Returns:
     ``[B, N, M]`` (at least float32).
@@ -161,10 +161,10 @@ def soft_dtw_alignment(
   >>> soft_dtw_alignment(cost, gamma=1e-3).round(3).tolist()
   [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]
   """
-  _check(cost, gamma, x_lengths, y_lengths)
+  _check("soft_dtw_alignment", cost, gamma, x_lengths, y_lengths)
   dtype = jnp.promote_types(jnp.result_type(cost), jnp.float32)
 
   def total(cost):
-    return jnp.sum(soft_dtw(cost, gamma=gamma, x_lengths=x_lengths, y_lengths=y_lengths))
+    return jnp.sum(soft_dtw_cost(cost, gamma=gamma, x_lengths=x_lengths, y_lengths=y_lengths))
 
   return jax.grad(total)(jnp.asarray(cost, dtype))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from mmjax.losses import pairwise_squared_distances, soft_dtw, soft_dtw_alignment
+from mmjax.losses import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
 
 
 def _forward(cost: np.ndarray, gamma: float) -> np.ndarray:
@@ -68,11 +68,12 @@ def test_values_and_alignment_match_numpy_dynamic_programming(gamma):
   cost = _costs(rng, 3, 5, 7)
   want = np.array([reference_soft_dtw(c, gamma) for c in cost])
   want_alignment = np.stack([reference_alignment(c, gamma) for c in cost])
-  np.testing.assert_allclose(jax.jit(lambda c: soft_dtw(c, gamma=gamma))(cost.astype(np.float32)), want, rtol=1e-5)
+  got = jax.jit(lambda c: soft_dtw_cost(c, gamma=gamma))(cost.astype(np.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
   got = jax.jit(lambda c: soft_dtw_alignment(c, gamma=gamma))(cost.astype(np.float32))
   np.testing.assert_allclose(got, want_alignment, atol=2e-5)
   with jax.enable_x64(True):
-    np.testing.assert_allclose(soft_dtw(jnp.asarray(cost), gamma=gamma), want, rtol=1e-12)
+    np.testing.assert_allclose(soft_dtw_cost(jnp.asarray(cost), gamma=gamma), want, rtol=1e-12)
     np.testing.assert_allclose(soft_dtw_alignment(jnp.asarray(cost), gamma=gamma), want_alignment, atol=1e-12)
 
 
@@ -84,7 +85,7 @@ def test_gradient_matches_finite_differences():
 
     def loss(x, y):
       cost = pairwise_squared_distances(x, y)
-      return jnp.sum(soft_dtw(cost, gamma=0.5, x_lengths=lengths[0], y_lengths=lengths[1]))
+      return jnp.sum(soft_dtw_cost(cost, gamma=0.5, x_lengths=lengths[0], y_lengths=lengths[1]))
 
     grads = jax.grad(loss, argnums=(0, 1))(x, y)
     step = 1e-6
@@ -105,7 +106,7 @@ def test_small_gamma_approaches_dtw_within_the_bound():
   dtw = np.array([reference_soft_dtw(c, 0.0) for c in cost])
   n, m = cost.shape[1:]
   for gamma in [1.0, 0.1, 0.01, 0.001]:
-    value = np.asarray(soft_dtw(cost.astype(np.float32), gamma=gamma))
+    value = np.asarray(soft_dtw_cost(cost.astype(np.float32), gamma=gamma))
     assert np.all(value <= dtw + 1e-5), gamma
     assert np.all(value >= dtw - gamma * np.log(3) * (n + m - 2) - 1e-5), gamma
   alignment = soft_dtw_alignment(cost.astype(np.float32), gamma=1e-3)
@@ -125,14 +126,14 @@ def test_padded_equals_unpadded_whatever_the_padding_holds():
 
   @jax.jit
   def value_and_alignment(cost):
-    return soft_dtw(cost, x_lengths=x_lengths, y_lengths=y_lengths), soft_dtw_alignment(
+    return soft_dtw_cost(cost, x_lengths=x_lengths, y_lengths=y_lengths), soft_dtw_alignment(
         cost, x_lengths=x_lengths, y_lengths=y_lengths
     )
 
   value, alignment = value_and_alignment(padded)
   for b, (n, m) in enumerate(lengths):
     single = unpadded[b][None]
-    np.testing.assert_allclose(value[b], soft_dtw(single)[0], rtol=1e-6)
+    np.testing.assert_allclose(value[b], soft_dtw_cost(single)[0], rtol=1e-6)
     np.testing.assert_allclose(alignment[b, :n, :m], soft_dtw_alignment(single)[0], atol=1e-6)
     assert np.all(alignment[b, n:] == 0) and np.all(alignment[b, :, m:] == 0)
     np.testing.assert_allclose([alignment[b, 0, 0], alignment[b, n - 1, m - 1]], [1, 1], atol=1e-6)
@@ -142,9 +143,9 @@ def test_padded_equals_unpadded_whatever_the_padding_holds():
 def test_vmap_over_a_leading_axis_matches_a_loop():
   cost = _costs(np.random.default_rng(4), 6, 4, 5).astype(np.float32).reshape(2, 3, 4, 5)
   lengths = jnp.array([[4, 2, 3], [1, 4, 4]], jnp.int32)
-  batched = jax.jit(jax.vmap(lambda c, n: soft_dtw(c, gamma=0.3, x_lengths=n)))(cost, lengths)
+  batched = jax.jit(jax.vmap(lambda c, n: soft_dtw_cost(c, gamma=0.3, x_lengths=n)))(cost, lengths)
   for k in range(2):
-    np.testing.assert_allclose(batched[k], soft_dtw(cost[k], gamma=0.3, x_lengths=lengths[k]), rtol=1e-6)
+    np.testing.assert_allclose(batched[k], soft_dtw_cost(cost[k], gamma=0.3, x_lengths=lengths[k]), rtol=1e-6)
 
 
 def test_pairwise_squared_distances_against_numpy():
@@ -157,15 +158,15 @@ def test_pairwise_squared_distances_against_numpy():
 
 def test_bad_inputs_raise_naming_the_argument():
   cost = np.zeros((2, 3, 4), np.float32)
-  with pytest.raises(ValueError, match=r"soft_dtw: cost: expected shape \(B, \?, \?\), got \(3, 4\)"):
-    soft_dtw(cost[0])
-  with pytest.raises(ValueError, match=r"soft_dtw: x_lengths: expected shape \(B,\) with B=2, got \(3,\)"):
-    soft_dtw(cost, x_lengths=np.ones(3, np.int32))
-  with pytest.raises(ValueError, match=r"soft_dtw: y_lengths: expected an int array, got float32"):
-    soft_dtw(cost, y_lengths=np.ones(2, np.float32))
-  with pytest.raises(ValueError, match=r"soft_dtw: gamma must be positive, got 0.0"):
+  with pytest.raises(ValueError, match=r"soft_dtw_cost: cost: expected shape \(B, \?, \?\), got \(3, 4\)"):
+    soft_dtw_cost(cost[0])
+  with pytest.raises(ValueError, match=r"soft_dtw_cost: x_lengths: expected shape \(B,\) with B=2, got \(3,\)"):
+    soft_dtw_cost(cost, x_lengths=np.ones(3, np.int32))
+  with pytest.raises(ValueError, match=r"soft_dtw_cost: y_lengths: expected an int array, got float32"):
+    soft_dtw_cost(cost, y_lengths=np.ones(2, np.float32))
+  with pytest.raises(ValueError, match=r"soft_dtw_alignment: gamma must be positive, got 0.0"):
     soft_dtw_alignment(cost, gamma=0.0)
-  with pytest.raises(ValueError, match=r"soft_dtw: cost: expected a float array, got int32"):
-    soft_dtw(cost.astype(np.int32))
+  with pytest.raises(ValueError, match=r"soft_dtw_cost: cost: expected a float array, got int32"):
+    soft_dtw_cost(cost.astype(np.int32))
   with pytest.raises(ValueError, match=r"pairwise_squared_distances: y: expected shape \(B, \?, D\) with B=2, D=4"):
     pairwise_squared_distances(np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 5), np.float32))
