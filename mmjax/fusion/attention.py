@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from mmjax.encoders import layers
 from mmjax.encoders.transformer import TransformerBlock
-from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_modality_count, mean_over_present
+from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, check_modality_count, mean_over_present
 
 
 class CrossAttention(nn.Module):
@@ -65,12 +65,6 @@ class CrossAttention(nn.Module):
     )(queries, keys, mask=source_valid[:, None, None, :], deterministic=not train, sow_weights=sow_weights)
     update = jnp.where(jnp.any(source_valid, axis=-1)[:, None, None], update, 0)
     return target + nn.Dropout(self.dropout_rate)(update, deterministic=not train)
-
-
-def check_heads(where: str, width: int, num_heads: int) -> None:
-  """Raises a `ValueError` unless `width` divides into `num_heads` heads."""
-  if num_heads < 1 or width % num_heads:
-    raise ValueError(f"{where}: width {width} does not divide into num_heads={num_heads} heads.")
 
 
 class _CrossStreamFusion(Fusion):

@@ -208,6 +208,12 @@ def check_modality_count(where: str, names: list[str], minimum: int, maximum: in
     raise ValueError(f"{where}: needs {wanted} modalities, got {len(names)}: {names}.")
 
 
+def check_heads(where: str, width: int, num_heads: int) -> None:
+  """Raises a `ValueError` unless `width` divides into `num_heads` attention heads."""
+  if num_heads < 1 or width % num_heads:
+    raise ValueError(f"{where}: width {width} does not divide into num_heads={num_heads} heads.")
+
+
 class AbsentEmbedding(nn.Module):
   """Replaces the features of absent samples by a learned vector, so that absence is distinguishable.
 

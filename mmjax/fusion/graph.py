@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.encoders import layers
-from mmjax.fusion.attention import check_heads
-from mmjax.fusion.base import Fusion, FusionInputs, Presence
+from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads
 
 
 def complete_graph(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +247,9 @@ class GraphFusion(Fusion):
 class TokenGraphFusion(Fusion):
   """Tokens of all modalities as the nodes of one complete graph: per-modality projections to
   `width`, message passing, then the mean over the valid tokens of present modalities, projected.
+
+  The graph has ``N²`` edges for ``N`` tokens in all: meant for short sequences (or pooled inputs,
+  one token each).
 
   Attributes:
     features: output dimension.

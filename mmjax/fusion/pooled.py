@@ -9,8 +9,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion.base import AbsentEmbedding, Fusion, FusionInputs, PooledInput, Presence, masked_softmax
-from mmjax.fusion.base import mean_over_present
+from mmjax.fusion.base import (
+    AbsentEmbedding,
+    Fusion,
+    FusionInputs,
+    PooledInput,
+    Presence,
+    masked_softmax,
+    mean_over_present,
+)
 
 
 class EarlyFusion(Fusion):

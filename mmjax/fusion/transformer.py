@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.encoders.transformer import TransformerBlock
-from mmjax.fusion.attention import check_heads
-from mmjax.fusion.base import Fusion, FusionInputs, Presence, mean_over_present
+from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
 
 
 def _learned_tokens(module: nn.Module, name: str, count: int, width: int, batch: int, dtype) -> jax.Array:

@@ -3,7 +3,6 @@ with masks; MulT streams re-read the sources' inputs while co-attention streams 
 current states."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import softmax
 
