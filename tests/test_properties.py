@@ -171,3 +171,116 @@ def test_model_batches_must_hold_every_modality(missing, unknown):
   module, variables, _ = _dual_encoder("gru")
   with pytest.raises(ValueError, match=f"unknown modalities \\['{unknown}'\\]; valid modalities: \\['image', 'text'\\]"):
     module.apply(variables, {unknown: np.zeros((2, 3), np.float32)})
+
+
+# --- Fusion modules (mmjax.fusion) -------------------------------------------------------------
+# Every registered fusion, on two modalities (a pooled one and a token one with random padding):
+# random batch sizes and widths, random presence masks (every modality absent included) and
+# extreme finite values give finite outputs and gradients; absent modalities get no gradient, and
+# what they hold cannot change the output.
+
+from mmjax.encoders.base import Encoded  # noqa: E402
+from mmjax.fusion import FUSIONS  # noqa: E402
+
+FUSION_TOKENS = dict(width=4, depth=1, num_heads=2)
+FUSION_MODULES = {
+    "early": FUSIONS["early"](3),
+    "sum": FUSIONS["sum"](3),
+    "mean": FUSIONS["mean"](3),
+    "attention": FUSIONS["attention"](3),
+    "late": FUSIONS["late"](3, combine="vote"),
+    "gmu": FUSIONS["gmu"](3),
+    "gated": FUSIONS["gated"](3),
+    "tensor": FUSIONS["tensor"](3),
+    "low_rank": FUSIONS["low_rank"](3, rank=2),
+    "multiplicative": FUSIONS["multiplicative"](3),
+    "cross_modal": FUSIONS["cross_modal"](3, **FUSION_TOKENS),
+    "co_attention": FUSIONS["co_attention"](3, **FUSION_TOKENS),
+    "transformer": FUSIONS["transformer"](3, **FUSION_TOKENS),
+    "bottleneck": FUSIONS["bottleneck"](3, fusion_layer=0, num_bottlenecks=1, **FUSION_TOKENS),
+    "graph": FUSIONS["graph"](3, width=4, depth=1, conv="gat", num_heads=2),
+    "token_graph": FUSIONS["token_graph"](3, width=4, depth=1),
+}
+# (batch, width of the pooled modality, width of the token modality); 3 tokens.
+FUSION_SHAPES = [(1, 1, 3), (3, 4, 1), (4, 2, 2)]
+FUSION_LENGTH = 3
+
+
+def test_fusion_properties_cover_every_registered_fusion():
+  assert set(FUSION_MODULES) == set(FUSIONS)
+
+
+def _fusion_inputs(pooled, token_pooled, tokens, valid):
+  return {"pooled": pooled, "tokens": Encoded(token_pooled, tokens, valid)}
+
+
+@functools.lru_cache(maxsize=None)
+def _fusion_program(name, batch, pooled_width, token_width):
+  """Initialised variables and a jitted ``(output, gradients)`` of `name` for one input shape."""
+  module = FUSION_MODULES[name]
+  floats = (np.zeros((batch, pooled_width), np.float32), np.zeros((batch, token_width), np.float32),
+            np.zeros((batch, FUSION_LENGTH, token_width), np.float32))
+  variables = jax.jit(module.init)(jax.random.key(0), _fusion_inputs(*floats, np.ones((batch, FUSION_LENGTH), bool)))
+
+  def total(variables, floats, valid, present):
+    out = module.apply(variables, _fusion_inputs(*floats, valid), present)
+    return jnp.sum(out), out
+
+  return variables, jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(FUSION_MODULES)), shape=st.sampled_from(FUSION_SHAPES), data=st.data())
+def test_fusions_are_finite_and_ignore_absent_modalities_on_extreme_inputs(name, shape, data):
+  batch, pooled_width, token_width = shape
+  variables, program = _fusion_program(name, *shape)
+
+  def draw_floats(label):
+    return tuple(
+        data.draw(hnp.arrays(np.float32, s, elements=extreme), label=f"{label} {i}")
+        for i, s in enumerate([(batch, pooled_width), (batch, token_width), (batch, FUSION_LENGTH, token_width)])
+    )
+
+  floats = draw_floats("inputs")
+  valid = data.draw(hnp.arrays(np.bool_, (batch, FUSION_LENGTH)), label="valid tokens")  # all-False rows included
+  present = {m: data.draw(hnp.arrays(np.bool_, (batch,)), label=f"present {m}") for m in ("pooled", "tokens")}
+  (param_grads, input_grads), out = program(variables, floats, valid, present)
+  assert out.shape == (batch, 3) and np.all(np.isfinite(out)), (name, out)
+  for grad in jax.tree.leaves((param_grads, input_grads)):
+    assert np.all(np.isfinite(grad)), name
+  absent_pooled, absent_tokens = ~present["pooled"], ~present["tokens"]
+  assert not np.any(np.asarray(input_grads[0])[absent_pooled]), name
+  assert not np.any(np.asarray(input_grads[1])[absent_tokens]) and not np.any(np.asarray(input_grads[2])[absent_tokens])
+  # Other values for the absent modalities (and for padding tokens) give the same output.
+  other = draw_floats("replacements")
+  replaced = (
+      np.where(absent_pooled[:, None], other[0], floats[0]),
+      np.where(absent_tokens[:, None], other[1], floats[1]),
+      np.where((absent_tokens[:, None] | ~valid)[..., None], other[2], floats[2]),
+  )
+  np.testing.assert_allclose(program(variables, replaced, valid, present)[1], out, rtol=1e-6, atol=1e-6)
+
+
+@functools.lru_cache(maxsize=None)
+def _soft_dtw_program():
+  def total(cost, gamma, rows, cols):
+    return jnp.sum(losses.soft_dtw_cost(cost, gamma=gamma, x_lengths=rows, y_lengths=cols))
+
+  return jax.jit(jax.value_and_grad(total))
+
+
+@SETTINGS
+@given(shape=st.sampled_from([(1, 1, 1), (2, 3, 5), (3, 4, 2)]), data=st.data())
+def test_soft_dtw_is_finite_and_ignores_padding_on_extreme_costs(shape, data):
+  batch, n, m = shape
+  cost = data.draw(hnp.arrays(np.float32, shape, elements=extreme), label="cost")
+  gamma = np.float32(data.draw(st.floats(1e-3, 10), label="gamma"))
+  rows = np.array(data.draw(st.lists(st.integers(1, n), min_size=batch, max_size=batch), label="rows"), np.int32)
+  cols = np.array(data.draw(st.lists(st.integers(1, m), min_size=batch, max_size=batch), label="cols"), np.int32)
+  value, grad = _soft_dtw_program()(cost, gamma, rows, cols)
+  assert np.isfinite(value) and np.all(np.isfinite(grad))
+  outside = (np.arange(n)[None, :, None] >= rows[:, None, None]) | (np.arange(m)[None, None, :] >= cols[:, None, None])
+  assert not np.any(np.asarray(grad)[outside])
+  # The expected alignment is a probability per cell, and every path starts and ends in the corners.
+  assert np.all((np.asarray(grad) >= -1e-5) & (np.asarray(grad) <= 1 + 1e-5))
+  np.testing.assert_allclose(np.asarray(grad)[np.arange(batch), rows - 1, cols - 1], 1, atol=1e-5)

@@ -39,6 +39,7 @@ from mmjax.losses.likelihoods import (
     likelihood_rescaling,
     token_log_likelihood,
 )
+from mmjax.losses.soft_dtw import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
 
 __all__ = [
     # alignment
@@ -91,4 +92,8 @@ __all__ = [
     "laplace_log_likelihood",
     "likelihood_rescaling",
     "token_log_likelihood",
+    # soft-DTW alignment
+    "pairwise_squared_distances",
+    "soft_dtw_alignment",
+    "soft_dtw_cost",
 ]
