@@ -20,6 +20,7 @@ from mmjax import models, schema
 from mmjax.data import input_pipeline
 from mmjax.data.dataset import MultimodalData
 from mmjax.parallel import distributed, mesh as mesh_lib, sharding
+from mmjax.reference_classifiers import ReferenceClassifiers
 from mmjax.train import checkpoints, loop, metric_writers, optimizers
 
 
@@ -76,22 +77,33 @@ class Run:
   config: ml_collections.ConfigDict
   data: MultimodalData
   model: models.Model
+  references: ReferenceClassifiers | None = None
 
 
-def build(config, devices=None) -> Run:
+def build(config, devices=None, workdir: str | None = None) -> Run:
   """Joins the run's other processes if it has several, validates `config` (every problem at
-  once), then loads its data and builds its model. `devices` (default: all) are the mesh's."""
+  once), then loads its data and builds its model. `devices` (default: all) are the mesh's; the
+  reference classifiers a generative model is judged by live in `workdir` (default: a temporary
+  directory), trained when first needed."""
   schema.validate(config, config_schema(config))  # the distributed section must be sound to join
   distributed.initialize(config.distributed)
   validate_config(config, devices)
   data = input_pipeline.from_config(config.data)
-  return Run(config, data, models.FAMILIES[config.model.name].build(config.model, data))
+  family = models.FAMILIES[config.model.name]
+  judged = family.judged(config)
+  references = ReferenceClassifiers(config, config.model.reference_classifiers, judged, workdir) if judged else None
+  return Run(config, data, family.build(config.model, data, references), references)
 
 
 def train(config, workdir: str, devices=None) -> dict[str, float]:
   """Trains as `config` says in `workdir` (resuming if it holds checkpoints); returns the final
-  evaluation, also in ``workdir/eval.json``. `devices` (default: all) are the mesh's devices."""
-  run = build(config, devices)
+  evaluation, also in ``workdir/eval.json``. `devices` (default: all) are the mesh's devices.
+
+  A generative model's reference classifiers are trained first (or loaded), so that training is
+  not interrupted by theirs."""
+  run = build(config, devices, workdir)
+  if run.references is not None:
+    run.references.prepare()
   return loop.train(config, workdir, run.model, run.data, devices)
 
 
@@ -121,7 +133,7 @@ def restore(workdir: str, step: int | None = None, devices=None, mesh: dict | No
   config = load_config(workdir)
   if mesh is not None:
     config.mesh.update(mesh)
-  run = build(config, devices)
+  run = build(config, devices, workdir)
   trainer = loop.Trainer(config, run.model, run.data, devices)
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=None)
   try:

@@ -21,7 +21,7 @@ def test_default_config_is_valid():
         (lambda c: setattr(c.data.modalities.text, "tokenizer", "bpe"), r"data.modalities.text.tokenizer: 'bpe' is not a valid choice; valid choices: \['byte', 'word'\]"),
         (lambda c: c.train.update({"num_stepz": 3}), r"train.num_stepz: unknown key; valid keys here: \[.*'num_steps'"),
         (lambda c: c.model.encoders.image.conv.update({"channels": (8, "16")}), r"model.encoders.image.conv.channels: every item must be int"),
-        (lambda c: setattr(c.model, "name", "vae"), r"model.name: 'vae' is not a valid choice; valid choices: \['contrastive'\]"),
+        (lambda c: setattr(c.model, "name", "vae"), r"model.name: 'vae' is not a valid choice; valid choices: \[.*'contrastive'.*\]"),
     ],
 )
 def test_bad_configs_fail_with_the_problem_and_the_choices(change, message, tmp_path):

@@ -67,6 +67,8 @@ class Objective:
     trains: names of the top-level parameter subtrees this objective updates; None means all.
     embed: optional first half of `loss` (see the module docstring), with `embedding_loss`.
     embedding_loss: optional second half of `loss`.
+    repeats: updates per training step (a GAN critic's ``n_critic``), each on one of `repeats`
+      strided parts of the batch; its optimizer's schedule counts its updates.
   """
 
   name: str
@@ -74,6 +76,7 @@ class Objective:
   trains: tuple[str, ...] | None = None
   embed: EmbedFn | None = None
   embedding_loss: EmbeddingLossFn | None = None
+  repeats: int = 1
 
 
 class Model(Protocol):
@@ -93,17 +96,41 @@ class Family:
   """A model family as the config names it (`mmjax.models.FAMILIES`).
 
   Attributes:
-    build: ``build(model_config, data) -> Model``; `data` gives ``spec`` (a
-      `mmjax.data.spec.DataSpec`) and ``class_prompts(modality)`` for zero-shot evaluation.
+    build: ``build(model_config, data, references) -> Model``; `data` gives ``spec`` (a
+      `mmjax.data.spec.DataSpec`) and ``class_prompts(modality)`` for zero-shot evaluation;
+      `references` are the real-data classifiers of the modalities `judged` names
+      (`mmjax.reference_classifiers.ReferenceClassifiers`), or None when it names none.
     config_schema: ``config_schema(config) -> schema`` of the ``model`` section; it may depend on
       the rest of the config (the kinds of the data's modalities choose the valid encoders).
     objectives: ``objectives(config) -> names`` of the objectives the model will have (what
       ``optimizer.per_objective`` may name).
     config_problems: ``config_problems(config) -> [message]``: checks across fields and sections,
       run by `mmjax.experiment.validate_config` before any data is read.
+    judged: ``judged(config) -> modalities`` whose generations the model's evaluation classifies
+      with reference classifiers (settings in ``model.reference_classifiers``); none by default.
   """
 
-  build: Callable[[Any, Any], Model]
+  build: Callable[[Any, Any, Any], Model]
   config_schema: Callable[[Any], Mapping]
   objectives: Callable[[Any], tuple[str, ...]]
   config_problems: Callable[[Any], list[str]] = lambda config: []
+  judged: Callable[[Any], tuple[str, ...]] = lambda config: ()
+
+
+class Generative(Protocol):
+  """The API every generative family shares (VAEs, GANs); every method is `jit`-able.
+
+  Inputs are batches in the data's layout: ``{modality: [B, …], "present": {modality: bool[B]}}``;
+  the presence mask says which modalities condition the result, so any subset can. Outputs are
+  ``{modality: [B, …]}`` in the data's representation (images scaled as the data scales them,
+  token ids for text, class indices for labels), ready for the reference classifiers.
+  """
+
+  def reconstruct(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    """Every modality of `batch` reconstructed from the present ones."""
+
+  def cross_generate(self, variables: Variables, batch: Batch, target: str, rng: jax.Array) -> jax.Array:
+    """Modality `target` generated from the modalities present in `batch`."""
+
+  def sample(self, variables: Variables, num_samples: int, rng: jax.Array) -> dict[str, jax.Array]:
+    """`num_samples` joint samples of every modality from the prior."""

@@ -254,7 +254,8 @@ def config_problems(config) -> list[str]:
   return problems
 
 
-def _build(config, data) -> ContrastiveModel:
+def _build(config, data, references) -> ContrastiveModel:
+  del references  # nothing generated to judge
   text = next((m for m in config.modalities if data.spec.modalities[m].kind == "text"), None)
   return ContrastiveModel(config, data.spec, class_prompts=data.class_prompts(text) if text else None)
 

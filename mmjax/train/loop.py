@@ -104,9 +104,10 @@ class Trainer:
     self.data = data
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.optimizers, self.schedules = {}, {}
+    self.repeats = {objective.name: objective.repeats for objective in model.objectives}
     for objective in model.objectives:
       self.optimizers[objective.name], self.schedules[objective.name] = optimizers.make_optimizer(
-          optimizers.for_objective(config.optimizer, objective.name), config.train.num_steps
+          optimizers.for_objective(config.optimizer, objective.name), config.train.num_steps * objective.repeats
       )
     self.train_dataset = data.train_dataset(
         config.data.batch_size, config.seed, jax.process_index(), jax.process_count()
@@ -172,10 +173,11 @@ class Trainer:
     return self.model.evaluate(state.evaluation_variables, (self.put(batch) for batch in batches))
 
   def learning_rates(self, step: int) -> dict[str, float]:
-    """The learning rate of each objective's update at `step` (0-based)."""
-    if len(self.schedules) == 1:
-      return {"learning_rate": float(next(iter(self.schedules.values()))(step))}
-    return {f"{name}/learning_rate": float(schedule(step)) for name, schedule in self.schedules.items()}
+    """The learning rate of each objective's (first) update at `step` (0-based)."""
+    rates = {name: float(schedule(step * self.repeats[name])) for name, schedule in self.schedules.items()}
+    if len(rates) == 1:
+      return {"learning_rate": next(iter(rates.values()))}
+    return {f"{name}/learning_rate": rate for name, rate in rates.items()}
 
 
 def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:

@@ -108,6 +108,12 @@ def split_micro_batches(batch: Batch, count: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def _unstack(tree) -> list:
+  """``[n, …]`` leaves → n trees."""
+  count = jax.tree.leaves(tree)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(count)]
+
+
 def _merge_micro_batches(tree):
   return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
@@ -193,8 +199,10 @@ def make_train_step(
 
   Each objective differentiates its loss with respect to its own parameters only (see
   `objective_value_and_grad`) and applies its own optimizer; the next objective sees the updated
-  parameters. Metrics are the objectives' own metrics plus ``loss`` and ``grad_norm``, prefixed
-  with the objective name when there are several, and ``finite``.
+  parameters. An objective with ``repeats = n`` updates n times in a row (a GAN's critic), each on
+  one of n strided parts of the batch. Metrics are the objectives' own metrics plus ``loss`` and
+  ``grad_norm`` (means over repeats), prefixed with the objective name when there are several, and
+  ``finite``.
 
   If any loss or gradient norm is not finite, the whole update is discarded: the returned state
   keeps the incoming parameters, model state and optimizer state (only the step counter and the
@@ -210,14 +218,19 @@ def make_train_step(
     params, model_state, opt_state = state.params, state.model_state, dict(state.opt_state)
     metrics = {}
     for index, objective in enumerate(objectives):
-      (loss, (objective_metrics, model_state)), grads = objective_value_and_grad(
-          objective, params, model_state, batch, jax.random.fold_in(step_key, index), state.step,
-          accumulation_steps, constrain,
-      )
-      trained = trained_subtree(objective, params)
-      updates, opt_state[objective.name] = optimizers[objective.name].update(grads, opt_state[objective.name], trained)
-      params = {**params, **optax.apply_updates(trained, updates)}
-      objective_metrics = {"loss": loss, **objective_metrics, "grad_norm": optax.tree.norm(grads)}
+      objective_key = jax.random.fold_in(step_key, index)
+      parts = [batch] if objective.repeats == 1 else _unstack(constrain(split_micro_batches(batch, objective.repeats)))
+      repeats_metrics = []
+      for repeat, part in enumerate(parts):
+        (loss, (objective_metrics, model_state)), grads = objective_value_and_grad(
+            objective, params, model_state, part, jax.random.fold_in(objective_key, repeat), state.step,
+            accumulation_steps, constrain,
+        )
+        trained = trained_subtree(objective, params)
+        updates, opt_state[objective.name] = optimizers[objective.name].update(grads, opt_state[objective.name], trained)
+        params = {**params, **optax.apply_updates(trained, updates)}
+        repeats_metrics.append({"loss": loss, **objective_metrics, "grad_norm": optax.tree.norm(grads)})
+      objective_metrics = jax.tree.map(lambda *values: sum(values) / len(values), *repeats_metrics)
       prefix = "" if len(objectives) == 1 else f"{objective.name}/"
       metrics.update({prefix + name: value for name, value in objective_metrics.items()})
     if len(objectives) > 1:

@@ -140,3 +140,23 @@ def test_moving_average_of_the_params_follows_applied_updates_only():
     assert float(state.params["w"]) == pytest.approx(expected_w) and float(state.ema_params["w"]) == pytest.approx(expected_ema)
   assert state.evaluation_variables["params"] is state.ema_params
   assert int(state.skipped_steps) == 1
+
+
+def test_a_repeated_objective_updates_once_per_part_of_the_batch():
+  """n_critic style: the first objective steps twice, on rows 0::2 then 1::2; the second once."""
+
+  class Critic:
+    objectives = (
+        Objective("critic", lambda p, s, b, r, t: (jnp.mean((p["c"] - b["x"]) ** 2), ({}, s)), trains=("c",), repeats=2),
+        Objective("generator", lambda p, s, b, r, t: ((p["g"] - p["c"]) ** 2, ({}, s)), trains=("g",)),
+    )
+
+    def init(self, rng, batch):
+      return {"params": {"c": jnp.zeros(()), "g": jnp.zeros(())}}
+
+  model, optimizers = Critic(), {"critic": optax.sgd(0.5), "generator": optax.sgd(0.5)}
+  state = step_lib.make_init(model, optimizers, {"x": jax.ShapeDtypeStruct((4,), jnp.float32)})(jax.random.key(0))
+  state, metrics = jax.jit(step_lib.make_train_step(model, optimizers))(state, {"x": jnp.array([2.0, 4.0, 2.0, 4.0])})
+  # c: 0 → 0 - 0.5·2·(0 - 2) = 2 (rows 0, 2 hold 2) → 2 - 0.5·2·(2 - 4) = 4 (rows 1, 3 hold 4); then g: 0 → 4.
+  assert float(state.params["c"]) == 4.0 and float(state.params["g"]) == 4.0
+  assert float(metrics["critic/loss"]) == pytest.approx((4.0 + 4.0) / 2)
