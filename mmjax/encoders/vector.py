@@ -80,6 +80,9 @@ def _project_one_token(x: jax.Array, features: int, dtype: jnp.dtype, return_tok
 class MLPEncoder(nn.Module):
   """An MLP over feature vectors, then a linear projection.
 
+  With ``event_rank > 1`` each sample's trailing dimensions are flattened first: an MLP image
+  encoder (``event_rank=3``: ``[B, H, W, C]``), as in the MVAE and MMVAE MNIST architectures.
+
   Attributes:
     features: output dimension of the projection.
     width: units of every hidden layer.
@@ -87,6 +90,7 @@ class MLPEncoder(nn.Module):
     activation: a name in `ACTIVATIONS` (``"silu"`` is Swish, as in the MVAE/MoPoE MLPs).
     norm: a name in `layers.NORMS`.
     dropout_rate: dropout after every hidden layer, in training only (needs a ``"dropout"`` rng).
+    event_rank: the rank of one sample (1: vectors; 3: images, flattened).
     modality: the modality's name, used in errors.
     remat: recompute each hidden layer in the backward pass instead of storing its activations.
     dtype: computation dtype (parameters stay float32).
@@ -106,13 +110,15 @@ class MLPEncoder(nn.Module):
   activation: str = "gelu"
   norm: str = "layer"
   dropout_rate: float = 0.0
+  event_rank: int = 1
   modality: str = "vector"
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, vectors: jax.Array, *, train: bool = False, return_tokens: bool = False):
-    base.check_input("MLPEncoder", self.modality, vectors, (None, None), "float")
+    base.check_input("MLPEncoder", self.modality, vectors, (None,) * (1 + self.event_rank), "float")
+    vectors = vectors.reshape(vectors.shape[0], -1)
     mlp = MLP(self.width, self.depth, self.activation, self.norm, self.dropout_rate, self.remat, self.dtype, name="mlp")
     return _project_one_token(mlp(vectors.astype(self.dtype), train), self.features, self.dtype, return_tokens)
 

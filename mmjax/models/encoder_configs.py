@@ -103,8 +103,7 @@ def _waveform_conv(options, spec: ModalitySpec, modality: str, features: int, dt
 
 
 def _mlp(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  del spec
-  return MLPEncoder(features=features, **options, modality=modality, remat=remat, dtype=dtype)
+  return MLPEncoder(features=features, **options, event_rank=len(spec.shape), modality=modality, remat=remat, dtype=dtype)
 
 
 def _embedding(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
@@ -208,7 +207,8 @@ ENCODERS = ChoiceTable({
         build=_waveform_conv,
         problems=_conv_problems,
     ),
-    "mlp": Choice(kinds=("vector",), options=_MLP_OPTIONS, build=_mlp),
+    # Vectors, and images flattened (the MVAE / MMVAE MNIST encoders).
+    "mlp": Choice(kinds=("vector", "image"), options=_MLP_OPTIONS, build=_mlp),
     "embedding": Choice(
         kinds=("label",), options={**_MLP_OPTIONS, "width": (64, Field(int, low=1)), "depth": (0, Field(int, low=0))}, build=_embedding
     ),

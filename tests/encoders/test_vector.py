@@ -168,3 +168,13 @@ def test_bad_inputs_raise_errors_naming_the_modality():
     mlp.clone(activation="swish").init(jax.random.key(0), VECTORS)
   with pytest.raises(ValueError, match=r"MLP: expected depth >= 0, got -1"):
     mlp.clone(depth=-1).init(jax.random.key(0), VECTORS)
+
+
+def test_an_image_mlp_flattens_each_image():
+  encoder = MLPEncoder(features=4, width=8, depth=1, event_rank=3, modality="image")
+  images = jax.random.normal(jax.random.key(0), (3, 2, 2, 2))
+  variables = encoder.init(jax.random.key(1), images)
+  flat = MLPEncoder(features=4, width=8, depth=1)
+  np.testing.assert_allclose(encoder.apply(variables, images), flat.apply(variables, images.reshape(3, 8)), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"MLPEncoder: modality 'image': expected shape \(\?, \?, \?, \?\), got \(3, 8\)"):
+    encoder.apply(variables, images.reshape(3, 8))
