@@ -117,11 +117,13 @@ def test_any_two_modalities_audio_and_label_on_mm_shapes(shapes_dir, tmp_path):
   from tests.conftest import small_config
 
   config = small_config(shapes_dir, num_steps=60, log_every=20, eval_every=60, checkpoint_every=60, eval_batch_size=200)
-  config.data.update(name="mm_shapes", modalities=dict(
-      audio=modality("audio", "audio", "audio_present"), label=modality("label", "label")))
-  config.model.update(modalities=("audio", "label"), encoders=dict(
+  config.data.name = "mm_shapes"
+  # Assigned, not updated: ConfigDict.update would merge these sections with clip_digits' ones.
+  config.data.modalities = dict(audio=modality("audio", "audio", "audio_present"), label=modality("label", "label"))
+  config.model.modalities = ("audio", "label")
+  config.model.encoders = dict(
       audio=encoder_section("audio", "log_mel_cnn", log_mel_cnn=dict(n_fft=256, hop_length=128, n_mels=32, channels=(8, 16), strides=(2, 2))),
-      label=encoder_section("label", "embedding")))
+      label=encoder_section("label", "embedding"))
   config.optimizer.warmup_steps = 5
   final = experiment.train(config, str(tmp_path))
   assert final["num_examples"] == 1200 and "zeroshot_top1" not in final
