@@ -30,7 +30,15 @@ from mmjax.schema import Field
 
 
 class AlignmentModule(nn.Module):
-  """Two encoders, a shared class head, and a domain classifier (an MLP to one logit)."""
+  """Two encoders, a shared class head, and a domain classifier (an MLP to one logit).
+
+  >>> from mmjax.encoders.vector import MLPEncoder
+  >>> module = AlignmentModule({"a": MLPEncoder(features=8), "b": MLPEncoder(features=8)}, num_classes=3)
+  >>> variables = module.init(jax.random.key(0), {"a": jnp.zeros((2, 5)), "b": jnp.zeros((2, 4))})
+  >>> logits, domain_logits = module.apply(variables, {"a": jnp.zeros((2, 5)), "b": jnp.zeros((2, 4))})
+  >>> logits["a"].shape, domain_logits.shape
+  ((2, 3), (4,))
+  """
 
   encoders: Mapping[str, nn.Module]
   num_classes: int

@@ -30,7 +30,16 @@ from mmjax.schema import Field
 
 
 class Translators(nn.Module):
-  """``to_label``: A → class logits; ``to_source``: class probabilities → A."""
+  """``to_label``: A → class logits; ``to_source``: class probabilities → A.
+
+  >>> from mmjax.decoders.image import MLPImageDecoder
+  >>> from mmjax.encoders.vector import MLPEncoder
+  >>> module = Translators(MLPEncoder(features=8, event_rank=3), MLPImageDecoder(shape=(8, 8, 1), width=16), num_classes=10)
+  >>> variables = module.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+  >>> logits, cycled = module.apply(variables, jnp.zeros((2, 8, 8, 1)))
+  >>> logits.shape, cycled.shape
+  ((2, 10), (2, 8, 8, 1))
+  """
 
   encoder: nn.Module
   decoder: nn.Module

@@ -128,6 +128,24 @@ class ConditionalGAN:
     config: the ``model`` section (see `config_schema`).
     spec: the dataset's modalities and classes.
     references: real-data classifiers of the generated modalities that are not labels.
+
+  >>> import ml_collections
+  >>> from mmjax.data.spec import ModalitySpec
+  >>> spec = DataSpec({"image": ModalitySpec("image", (8, 8, 1)), "label": ModalitySpec("label", (), num_classes=10)},
+  ...                 class_names=tuple("0123456789"))
+  >>> config = ml_collections.ConfigDict(dict(
+  ...     modalities=("image", "label"), latent_dim=8, condition_dim=4, features=16, conditioning="projection",
+  ...     decoders=dict(image=decoder_configs.decoder_section("image", "mlp"), label=decoder_configs.decoder_section("label", "mlp")),
+  ...     encoders=dict(image=encoder_configs.encoder_section("image", "mlp")), loss="hinge", n_critic=1, dtype="float32", remat=False))
+  >>> gan = ConditionalGAN(config, spec)
+  >>> batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.zeros(4, jnp.int32),
+  ...          "present": {"image": jnp.ones(4, bool), "label": jnp.ones(4, bool)}}
+  >>> variables = gan.init(jax.random.key(0), batch)
+  >>> sorted(variables["params"]), [o.name for o in gan.objectives]
+  (['discriminator', 'generator'], ['discriminator', 'generator'])
+  >>> samples = gan.sample(variables, 3, jax.random.key(1))
+  >>> samples["image"].shape, samples["label"].shape
+  ((3, 8, 8, 1), (3,))
   """
 
   def __init__(self, config, spec: DataSpec, references=None):
@@ -159,7 +177,7 @@ class ConditionalGAN:
         Objective("discriminator", self.discriminator_loss, trains=("discriminator",), repeats=config.n_critic),
         Objective("generator", self.generator_loss, trains=("generator",)),
     )
-    self._generate = jax.jit(self._generate_classes, static_argnums=())
+    self._generate = jax.jit(self._generate_classes)
 
   def _real(self, batch: Batch) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """The real pair in the discriminator's representation, its classes and its valid rows."""
