@@ -21,11 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
       ),
       domain_width=64,
       domain_weight=1.0,
-      reversal_scale=1.0,  # λ of the gradient reversal
+      reversal_scale=0.1,  # λ of the gradient reversal (1.0 destabilised training here: image accuracy 0.57 after 600 steps)
       dtype="float32",
       remat=False,
   )
   config.data.batch_size = 128
   config.optimizer.update(learning_rate=2e-3, warmup_steps=50)
-  config.train.update(num_steps=600, eval_every=300, checkpoint_every=300, eval_batch_size=359, progress_bar=False)
+  config.train.update(num_steps=1000, eval_every=500, checkpoint_every=500, eval_batch_size=359, progress_bar=False)
   return config
