@@ -119,7 +119,8 @@ class AdversarialAlignment:
     embedding's nearest second-modality class centroid is its class)."""
     params = variables["params"]
     first, second = self.modalities
-    rows = {"correct": {m: [] for m in self.modalities}, "domain": [], "embeddings": {m: [] for m in self.modalities}, "labels": {m: [] for m in self.modalities}}
+    per_modality = lambda: {m: [] for m in self.modalities}  # noqa: E731
+    rows = {"correct": per_modality(), "domain": [], "embeddings": per_modality(), "labels": per_modality()}
     domain = jax.jit(lambda e: self.module.apply({"params": params}, e, method=AlignmentModule.domain))
     for batch in batches:
       out = distributed.to_host({**self._outputs(params, batch), "label": batch["label"]})

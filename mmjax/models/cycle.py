@@ -159,7 +159,10 @@ def config_problems(config) -> list[str]:
   modalities = tuple(config.model.modalities)
   kinds = [config.data.modalities[m]["kind"] if m in config.data.modalities else None for m in modalities]
   if len(modalities) != 2 or kinds[0] not in ("image", "vector") or kinds[1] != "label":
-    return [f"model.modalities: (source, label) with a source of kind 'image' or 'vector' and a 'label'; got {list(modalities)} of kinds {kinds}"]
+    return [
+        "model.modalities: (source, label) with a source of kind 'image' or 'vector' and a 'label'; "
+        f"got {list(modalities)} of kinds {kinds}"
+    ]
   return []
 
 

@@ -160,7 +160,10 @@ class ConditionalGAN:
     self.labels = tuple(m for m in self.modalities if spec.modalities[m].kind == "label")
     self.module = GanModule(
         generator=Generator(
-            decoders={m: decoder_configs.build_decoder(config.decoders[m], spec.modalities[m], m, config.dtype, config.remat) for m in self.modalities},
+            decoders={
+                m: decoder_configs.build_decoder(config.decoders[m], spec.modalities[m], m, config.dtype, config.remat)
+                for m in self.modalities
+            },
             num_classes=self.num_classes, condition_dim=config.condition_dim,
         ),
         discriminator=Discriminator(
@@ -240,7 +243,10 @@ class ConditionalGAN:
     checks.check_modalities(self.spec.modalities, (target,), "ConditionalGAN.cross_generate target")
     sources = [m for m in self.labels if m != target]
     if not sources:
-      raise ValueError(f"ConditionalGAN.cross_generate: {target!r} can be generated only from a label modality; the model has {list(self.labels)}.")
+      raise ValueError(
+          f"ConditionalGAN.cross_generate: {target!r} can be generated only from a label modality; "
+          f"the model has {list(self.labels)}."
+      )
     return self._generate_classes(variables, batch[sources[0]], rng)[target]
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict:
@@ -257,13 +263,17 @@ class ConditionalGAN:
     per_class = self.config.eval_samples_per_class
     classes = jnp.repeat(jnp.arange(self.num_classes), per_class)
     generated = self._generate(variables, classes, jax.random.key(self.config.eval_seed))
-    predictions = {m: np.asarray(self.references.predict(m, generated[m])) if m not in self.labels else np.asarray(generated[m]) for m in self.modalities}
+    predictions = {
+        m: np.asarray(generated[m] if m in self.labels else self.references.predict(m, generated[m])) for m in self.modalities
+    }
     classes = np.asarray(classes)
     metrics = {"gan/conditional_accuracy": gan_metrics.conditional_accuracy(predictions[judged], classes)}
     if len(self.modalities) == 2:
       metrics["gan/pair_consistency"] = gan_metrics.pair_consistency(*(predictions[m] for m in self.modalities))
     images = np.asarray(generated[judged])
-    metrics["gan/diversity"] = gan_metrics.diversity_ratio(images, classes, np.concatenate(reals), np.concatenate(real_classes), self.num_classes)
+    metrics["gan/diversity"] = gan_metrics.diversity_ratio(
+        images, classes, np.concatenate(reals), np.concatenate(real_classes), self.num_classes
+    )
     if self.spec.modalities[judged].kind == "image":
       shown = images.reshape(self.num_classes, per_class, *images.shape[1:])[:, : min(per_class, 10)]
       metrics["samples"] = gan_metrics.class_grid(shown)
@@ -320,7 +330,10 @@ def config_problems(config) -> list[str]:
       if m not in model.encoders:
         problems.append(f"model.encoders: no discriminator encoder section for modality {m!r}")
       elif encoder_configs.ENCODERS.stateful(model.encoders[m]):
-        problems.append(f"model.encoders.{m}: the discriminator's rows must not interact (penalties, per-sample scores); choose an encoder without batch statistics")
+        problems.append(
+            f"model.encoders.{m}: the discriminator's rows must not interact (penalties, per-sample scores); "
+            "choose an encoder without batch statistics"
+        )
   if all(kind == "label" for kind in kinds.values()):
     problems.append("model.modalities: a GAN needs a modality that is not a label (an image or vector)")
   if (config.data.batch_size // max(config.train.accumulation_steps, 1)) % model.n_critic:
