@@ -47,6 +47,7 @@ def test_short_run_lowers_the_loss_and_writes_its_outputs(small, tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 40
 
 
+@pytest.mark.optimized
 def test_resume_continues_the_same_trajectory(small, tmp_path):
   """A run that lost everything after its step-8 checkpoint, restarted, ends where an
   uninterrupted run ends, bitwise, with each step logged once."""
@@ -92,6 +93,7 @@ def test_unwritable_workdir_fails_before_training(small, tmp_path):
     experiment.train(small(), str(blocker / "run"))
 
 
+@pytest.mark.optimized
 def test_same_seed_same_run(small, tmp_path):
   """Two runs with one config write the same metrics (wall-clock fields aside) and evaluation."""
   config = small(num_steps=8, log_every=2, eval_every=4, checkpoint_every=4)
