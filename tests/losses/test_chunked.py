@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +215,19 @@ def test_huge_logits_keep_the_loss_and_gradients_finite(chunk_size):
   for got, want in zip(grads, dense_grads):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, atol=1e-6 * max(1.0, float(np.max(np.abs(want)))))
+
+
+class VariantsTest(chex.TestCase):
+  """The same numbers traced and untraced: the chunked kernels' custom VJPs and scans must not
+  depend on being compiled."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_clip_value_and_gradients_equal_float64(self):
+    rng = np.random.default_rng(5)
+    image, text = _normalised(rng, (9, 6)), _normalised(rng, (9, 6))
+    loss = functools.partial(losses.chunked_clip_loss, chunk_size=4, max_scale=None)
+    value, grads = self.variant(jax.value_and_grad(loss, argnums=(0, 1)))(image, text, jnp.float32(np.log(20.0)))
+    chex.assert_shape(value, ())
+    chex.assert_shape(grads, (9, 6))
+    np.testing.assert_allclose(value, _clip_reference(image, text, 20.0), rtol=1e-5)
+    chex.assert_trees_all_close(grads, jax.value_and_grad(losses.clip_loss, argnums=(0, 1))(image, text, jnp.float32(np.log(20.0)))[1], rtol=1e-5, atol=1e-7)
