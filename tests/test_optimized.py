@@ -43,4 +43,4 @@ def test_resume_and_determinism_hold_at_the_default_optimisation_level():
 @pytest.mark.slow
 def test_sharded_equals_single_device_at_the_default_optimisation_level():
   summary = _run_optimized("optimized and multidevice", MMJAX_TEST_DEVICES="8", JAX_PLATFORMS="cpu")
-  assert "2 passed" in summary, summary
+  assert "1 passed" in summary, summary
