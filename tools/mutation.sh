@@ -32,12 +32,16 @@ for target in "${targets[@]}"; do
   dir="$WORK/$target"
   rm -rf "$dir" && mkdir -p "$dir"
   git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+  # mutmut reads lists from setup.cfg one item per line. The pytest arguments replace the
+  # project's addopts (doctests, notebooks, xdist), which would otherwise run with every mutant;
+  # MUTATION_PYTEST_K narrows the tests (e.g. to the fast unit tests) for a quick first pass.
   {
     echo "[mutmut]"
     echo "paths_to_mutate = ${PATHS[$target]}"
-    echo "tests_dir = ${TESTS[$target]// /,}"
-    echo "also_copy = configs/,tests/,mmjax/"
-    echo "pytest_add_cli_args = -p no:xdist -x -q -o addopts=--import-mode=importlib"
+    echo "tests_dir ="; printf '  %s\n' ${TESTS[$target]}
+    echo "also_copy ="; printf '  %s\n' configs/ tests/ mmjax/ benchmarks/
+    echo "pytest_add_cli_args ="; printf '  %s\n' -p no:xdist -o addopts=--import-mode=importlib
+    if [ -n "${MUTATION_PYTEST_K:-}" ]; then printf '  %s\n' -k "$MUTATION_PYTEST_K"; fi
   } > "$dir/setup.cfg"
   echo "== $target: mutating ${PATHS[$target]} against ${TESTS[$target]}"
   (cd "$dir" && "$PYTHON" -m mutmut run && "$PYTHON" -m mutmut results) || true
