@@ -12,9 +12,11 @@ import tempfile
 
 # Tests check results, not speed: skipping XLA's backend optimisations makes compilation, which
 # dominates these short runs, 2–4× faster. Subprocesses started by tests inherit it, except the
-# notebook's kernel (see pytest_runtest_setup), which trains for real.
+# notebook's kernel (see pytest_runtest_setup), which trains for real. Users run optimised code:
+# tests/test_optimized.py runs the tests marked ``optimized`` (bitwise resume, determinism,
+# sharded = single device) again with MMJAX_TEST_OPTIMIZED=1, at XLA's default level.
 XLA_FLAGS_AS_GIVEN = os.environ.get("XLA_FLAGS")
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "") and not os.environ.get("MMJAX_TEST_OPTIMIZED"):
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 if os.environ.get("MMJAX_TEST_DEVICES"):
   os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={os.environ['MMJAX_TEST_DEVICES']}"
@@ -25,6 +27,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests: CI tries the same cases on every run (derandomized: no flaky red from a case
+# drawn once), 150 per test unless a test says otherwise; `HYPOTHESIS_PROFILE=dev` searches at
+# random, 2,000 cases per test, for finding new failures locally. A failing case prints the
+# `@reproduce_failure` blob that replays it.
+hypothesis_settings.register_profile("ci", derandomize=True, max_examples=150, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("dev", derandomize=False, max_examples=2000, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `configs`
@@ -89,7 +100,7 @@ def small(data_dir):
 # Tests that start many busy threads or processes of their own (8 simulated devices, two
 # training processes, a notebook kernel): on a 2-core machine they run one after another on one
 # xdist worker rather than starving each other.
-SERIAL_HEAVY = ("test_multidevice.py", "test_multihost.py", "quickstart.ipynb")
+SERIAL_HEAVY = ("test_multidevice.py", "test_multihost.py", "test_optimized.py", "quickstart.ipynb")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ O(rows + columns) log-sum-exps of the forward pass) instead of storing them. The
 ``scale · rows @ columnsᵀ (+ bias)``, computed in float32.
 
 Both kernels also run per device under `jax.shard_map` or `jax.pmap`:
-`row_column_logsumexp` is purely local, and `sigmoid_pair_sum` takes an `axis_name` over which
+`row_column_cross_entropies` is purely local, and `sigmoid_pair_sum` takes an `axis_name` over which
 it passes the column blocks around a ring of devices.
 """
 
@@ -71,9 +71,9 @@ def _unchunk(chunked: jax.Array, size: int) -> jax.Array:
 def _exp_at_most_1(shifted: jax.Array) -> jax.Array:
   """``exp`` of a logit minus a maximum or log-sum-exp, which cannot exceed 0 in exact arithmetic.
 
-  XLA may recompute ``scale · dots`` inside each fusion that uses it, rounding differently: at
-  logits of ~1e9 (huge, un-normalised embeddings) the "non-positive" difference then comes out as
-  +100 and exp overflows. Capping at 0 is exact mathematics and keeps every step finite.
+  The backward pass recomputes the logits and subtracts a maximum saved by the forward pass;
+  capping at 0 is exact mathematics and keeps every step finite should the two ever round apart
+  (huge, un-normalised embeddings).
   """
   return jnp.exp(jnp.minimum(shifted, 0.0))
 
@@ -87,7 +87,7 @@ def _transposed_product(left: jax.Array, right: jax.Array) -> jax.Array:
   return jax.lax.dot_general(left, right, (((0,), (0,)), ((), ())))
 
 
-def row_column_logsumexp(
+def row_column_cross_entropies(
     rows: jax.Array,
     columns: jax.Array,
     scale: jax.Array,
@@ -95,89 +95,129 @@ def row_column_logsumexp(
     column_valid: jax.Array,
     *,
     chunk_size: int,
-) -> tuple[jax.Array, jax.Array]:
-  """Log-sum-exps along both axes of ``L = scale · rows @ columnsᵀ``, chunk by chunk.
+    offset: jax.Array | int = 0,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The pieces of both softmax cross-entropies of ``L = scale · rows @ columnsᵀ``, chunk by chunk.
+
+  Row ``i``'s positive is column ``offset + i``. Each log-sum-exp comes in two parts, a shift
+  (the maximum, which carries no gradient) and the log-sum-exp of the logits minus that shift,
+  and the positive logits are read from the same chunk of logits the maxima come from. The
+  cross-entropy ``shifted + (shift - positive)`` then subtracts two copies of the *same* rounded
+  number: when the positive is the largest logit the gap is exactly 0, at any scale, as in a
+  dense ``log_softmax``. (Adding the shift to the shifted log-sum-exp first, then subtracting a
+  positive from another product, loses the small term and the agreement at logits ≳ 1e4.)
 
   Row ``i`` sums over the valid columns, column ``j`` over the valid rows; an empty sum gives a
-  very negative finite value. The column direction is an online log-sum-exp (running maximum and
+  very negative finite shift. The column direction is an online log-sum-exp (running maximum and
   rescaled running sum) carried across row chunks, so one pass over the chunks gives both.
 
   Args:
     rows: ``float32[R, D]``.
-    columns: ``float32[C, D]``.
+    columns: ``float32[C, D]``, ``C ≥ offset + R``.
     scale: float32 scalar.
     row_valid: ``bool[R]``; invalid rows are left out of the column sums.
     column_valid: ``bool[C]``; invalid columns are left out of the row sums.
     chunk_size: rows per chunk; `R` need not be a multiple of it.
+    offset: index of row 0's positive column (a device's first row under `axis_name`).
 
   Returns:
-    ``(row_lse float32[R], column_lse float32[C])``, differentiable w.r.t. `rows`, `columns` and
-    `scale` in O(chunk · C) memory.
+    ``(row_shifted float32[R], row_shift float32[R], positive float32[R], column_shifted
+    float32[C], column_shift float32[C])``: row ``i``'s cross-entropy is
+    ``row_shifted[i] + (row_shift[i] - positive[i])``, column ``offset + i``'s
+    ``column_shifted[offset + i] + (column_shift[offset + i] - positive[i])``. Differentiable
+    w.r.t. `rows`, `columns` and `scale` in O(chunk · C) memory; the shifts have no gradient.
 
   >>> x = jnp.eye(3)
   >>> valid = jnp.ones(3, bool)
-  >>> row_lse, column_lse = row_column_logsumexp(x, x, jnp.float32(2.0), valid, valid, chunk_size=2)
-  >>> jnp.allclose(row_lse, jax.nn.logsumexp(2.0 * x, axis=1)).item()
+  >>> shifted, shift, positive, _, _ = row_column_cross_entropies(
+  ...     x, x, jnp.float32(2.0), valid, valid, chunk_size=2)
+  >>> expected = -jnp.diagonal(jax.nn.log_softmax(2.0 * x, axis=1))
+  >>> jnp.allclose(shifted + (shift - positive), expected).item()
   True
   """
   rows, columns, scale = _vary((rows, columns, scale), _varying_axes(rows, columns, scale))
-  return _logsumexps(rows, columns, scale, row_valid, column_valid, chunk_size)
+  return _cross_entropies(rows, columns, scale, row_valid, column_valid, jnp.asarray(offset, jnp.int32), chunk_size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _logsumexps(rows, columns, scale, row_valid, column_valid, chunk_size):
-  return _logsumexps_fwd(rows, columns, scale, row_valid, column_valid, chunk_size)[0]
+def _scaled_logits(scale: jax.Array, rows: jax.Array, columns: jax.Array) -> jax.Array:
+  """``(scale · rows) @ columnsᵀ``: the scale goes into the product, not onto its result.
+
+  ``scale · (rows @ columnsᵀ)`` is not one array in XLA's optimised build: the multiply is fused
+  into each consumer, and where a consumer subtracts (``logit - max``) LLVM contracts the two into
+  one fused multiply-add that skips the product's rounding. At logits ~1e8 the "largest" logit
+  then sits several units below its own maximum and the log-sum-exp loses its largest term. A
+  product's result is computed once, rounded once, for every use.
+  """
+  return _dots(scale * rows, columns)
 
 
-def _logsumexps_fwd(rows, columns, scale, row_valid, column_valid, chunk_size):
-  (row_chunks, valid_chunks), _ = _chunks(rows, chunk_size, row_valid)
+def _positive_columns(start, offset, chunk: int, columns: int) -> jax.Array:
+  """``bool[chunk, columns]``: True where a chunk row meets its positive column."""
+  targets = offset + start + jnp.arange(chunk)
+  return targets[:, None] == jnp.arange(columns)[None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _cross_entropies(rows, columns, scale, row_valid, column_valid, offset, chunk_size):
+  return _cross_entropies_fwd(rows, columns, scale, row_valid, column_valid, offset, chunk_size)[0]
+
+
+def _cross_entropies_fwd(rows, columns, scale, row_valid, column_valid, offset, chunk_size):
+  (row_chunks, valid_chunks), starts = _chunks(rows, chunk_size, row_valid)
 
   def body(carry, chunk):
     column_max, column_sum = carry
-    rows_c, valid_c = chunk
-    logits = scale * _dots(rows_c, columns)
+    rows_c, valid_c, start = chunk
+    logits = _scaled_logits(scale, rows_c, columns)
+    positive = jnp.sum(jnp.where(_positive_columns(start, offset, *logits.shape), logits, 0.0), axis=1)
     by_row = jnp.where(column_valid[None, :], logits, _FLOOR)
     row_max = jnp.max(by_row, axis=1)
-    row_lse = row_max + jnp.log(jnp.sum(_exp_at_most_1(by_row - row_max[:, None]), axis=1))
+    row_shifted = jnp.log(jnp.sum(_exp_at_most_1(by_row - row_max[:, None]), axis=1))
     by_column = jnp.where(valid_c[:, None], logits, _FLOOR)
     new_max = jnp.maximum(column_max, jnp.max(by_column, axis=0))
     column_sum = column_sum * _exp_at_most_1(column_max - new_max) + jnp.sum(
         _exp_at_most_1(by_column - new_max), axis=0
     )
-    return (new_max, column_sum), row_lse
+    return (new_max, column_sum), (row_shifted, row_max, positive)
 
   size = columns.shape[0]
   init = _vary((jnp.full((size,), _FLOOR, jnp.float32), jnp.zeros((size,), jnp.float32)), _varying_axes(rows, columns))
-  (column_max, column_sum), row_lse = jax.lax.scan(body, init, (row_chunks, valid_chunks))
-  row_lse = _unchunk(row_lse, rows.shape[0])
-  column_lse = column_max + jnp.log(column_sum)
-  return (row_lse, column_lse), (rows, columns, scale, row_valid, column_valid, row_lse, column_lse)
+  (column_max, column_sum), per_row = jax.lax.scan(body, init, (row_chunks, valid_chunks, starts))
+  row_shifted, row_max, positive = (_unchunk(x, rows.shape[0]) for x in per_row)
+  column_shifted = jnp.log(column_sum)
+  outputs = (row_shifted, row_max, positive, column_shifted, column_max)
+  return outputs, (rows, columns, scale, row_valid, column_valid, offset, row_max, row_shifted, column_max, column_shifted)
 
 
-def _logsumexps_bwd(chunk_size, residuals, cotangents):
-  rows, columns, scale, row_valid, column_valid, row_lse, column_lse = residuals
-  row_ct, column_ct = cotangents
-  chunked, _ = _chunks(rows, chunk_size, row_valid, row_lse, row_ct)
+def _cross_entropies_bwd(chunk_size, residuals, cotangents):
+  rows, columns, scale, row_valid, column_valid, offset, row_max, row_shifted, column_max, column_shifted = residuals
+  # The shifts' cotangents are dropped: each shift cancels out of the cross-entropies it is in.
+  row_ct, _, positive_ct, column_ct, _ = cotangents
+  chunked, starts = _chunks(rows, chunk_size, row_valid, row_max, row_shifted, row_ct, positive_ct)
 
   def body(carry, chunk):
     d_columns, d_scale = carry
-    rows_c, valid_c, lse_c, ct_c = chunk
-    dots = _dots(rows_c, columns)
-    logits = scale * dots
-    # The masks go on the probabilities, not the logits: an excluded entry gets no gradient
-    # whatever its logit.
-    by_row = jnp.where(column_valid[None, :], _exp_at_most_1(logits - lse_c[:, None]), 0.0)
-    by_column = jnp.where(valid_c[:, None], _exp_at_most_1(logits - column_lse[None, :]), 0.0)
-    d_logits = ct_c[:, None] * by_row + column_ct[None, :] * by_column
+    rows_c, valid_c, max_c, shifted_c, ct_c, positive_ct_c, start = chunk
+    logits = _scaled_logits(scale, rows_c, columns)
+    # The probabilities as a dense log_softmax rounds them, (logit - max) - shifted; the masks go
+    # on the probabilities, not the logits: an excluded entry gets no gradient whatever its logit.
+    by_row = jnp.where(column_valid[None, :], _exp_at_most_1((logits - max_c[:, None]) - shifted_c[:, None]), 0.0)
+    by_column = jnp.where(
+        valid_c[:, None], _exp_at_most_1((logits - column_max[None, :]) - column_shifted[None, :]), 0.0
+    )
+    positives = jnp.where(_positive_columns(start, offset, *logits.shape), positive_ct_c[:, None], 0.0)
+    d_logits = ct_c[:, None] * by_row + column_ct[None, :] * by_column + positives
     d_columns = d_columns + scale * _transposed_product(d_logits, rows_c)
-    return (d_columns, d_scale + jnp.sum(d_logits * dots)), scale * (d_logits @ columns)
+    # ∂L/∂scale = Σ d_logits ⊙ (rows @ columnsᵀ) = Σ rows ⊙ (d_logits @ columns).
+    d_rows_unscaled = d_logits @ columns
+    return (d_columns, d_scale + jnp.sum(rows_c * d_rows_unscaled)), scale * d_rows_unscaled
 
   init = _vary((jnp.zeros_like(columns), jnp.zeros((), jnp.float32)), _varying_axes(rows, columns))
-  (d_columns, d_scale), d_rows = jax.lax.scan(body, init, chunked)
-  return _unchunk(d_rows, rows.shape[0]), d_columns, d_scale, None, None
+  (d_columns, d_scale), d_rows = jax.lax.scan(body, init, (*chunked, starts))
+  return _unchunk(d_rows, rows.shape[0]), d_columns, d_scale, None, None, None
 
 
-_logsumexps.defvjp(_logsumexps_fwd, _logsumexps_bwd)
+_cross_entropies.defvjp(_cross_entropies_fwd, _cross_entropies_bwd)
 
 
 def sigmoid_pair_sum(

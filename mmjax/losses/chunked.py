@@ -5,7 +5,9 @@
 scale and the bias), but never hold the ``[B, B]`` logits matrix: the forward pass scores one
 chunk of images against all texts at a time, and the backward pass (a `jax.custom_vjp`)
 recomputes each chunk's logits from the inputs and, for the softmax, the row and column
-log-sum-exps saved by the forward pass. `B` need not be a multiple of `chunk_size`.
+log-sum-exps saved by the forward pass. Each cross-entropy is ``shifted log-sum-exp + (maximum -
+positive logit)``, the maximum and the positive read from the same logits, so the value agrees
+with ``clip_loss`` at any finite scale (even logits ~1e8). `B` need not be a multiple of `chunk_size`.
 
 With `axis_name` they run per device, under `jax.shard_map` or `jax.pmap`, on the local rows of a
 batch split over that axis, and return the loss of the global batch (see `mmjax.losses.contrastive`
@@ -22,7 +24,7 @@ for what the gradients are under each):
 import jax
 import jax.numpy as jnp
 
-from mmjax.losses.blockwise import AxisName, row_column_logsumexp
+from mmjax.losses.blockwise import AxisName, row_column_cross_entropies
 from mmjax.losses.contrastive import (
     DEFAULT_MAX_SCALE,
     _blockwise_siglip_loss,
@@ -85,31 +87,38 @@ def chunked_clip_loss(
   valid = _valid(mask, image_embeddings.shape[0])
   scale = clamped_scale(log_scale, max_scale)
   image, text = image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32)
-  positive = scale * jnp.sum(image * text, axis=1)
   if axis_name is None:
-    row_lse, column_lse = row_column_logsumexp(image, text, scale, valid, valid, chunk_size=chunk_size)
+    row_shifted, row_shift, positive, column_shifted, column_shift = row_column_cross_entropies(
+        image, text, scale, valid, valid, chunk_size=chunk_size
+    )
   else:
+    size = image.shape[0]
     texts = jax.lax.all_gather(text, axis_name, tiled=True)
     text_valid = jax.lax.all_gather(valid, axis_name, tiled=True)
-    row_lse, column_part = row_column_logsumexp(image, texts, scale, valid, text_valid, chunk_size=chunk_size)
-    column_lse = _own_columns_logsumexp(column_part, axis_name)
-  # Each cross-entropy is ≥ 0; the positive logit comes from another product than the
-  # log-sum-exps, so at huge logits rounding could push the difference below 0.
-  cross_entropies = jnp.maximum(row_lse - positive, 0.0) + jnp.maximum(column_lse - positive, 0.0)
+    offset = jax.lax.axis_index(axis_name) * size
+    row_shifted, row_shift, positive, column_part, column_part_shift = row_column_cross_entropies(
+        image, texts, scale, valid, text_valid, chunk_size=chunk_size, offset=offset
+    )
+    column_shifted, column_shift = _own_columns(column_part, column_part_shift, offset, axis_name)
+  # (shift - positive) before adding the shifted log-sum-exp: both come from the same logits, so a
+  # positive that is the largest logit cancels exactly, at any scale, as in the dense loss.
+  cross_entropies = (row_shifted + (row_shift - positive)) + (column_shifted + (column_shift - positive))
   return 0.5 * _masked_mean(cross_entropies, valid, axis_name)
 
 
-def _own_columns_logsumexp(column_part: jax.Array, axis_name: AxisName) -> jax.Array:
-  """Log-sum-exp over devices of each device's ``[global B]`` partial column log-sum-exps.
+def _own_columns(
+    shifted: jax.Array, shift: jax.Array, offset: jax.Array, axis_name: AxisName
+) -> tuple[jax.Array, jax.Array]:
+  """Combines every device's partial column log-sum-exps (``shift + shifted``, ``[global B]``).
 
-  Returns the entries of this device's own (local) columns only.
+  Returns the shifted log-sum-exp over all devices' rows and its shift (the global maximum), for
+  this device's own (local) columns only.
   """
-  # The shift only keeps exp in range: it cancels out, so it needs no gradient (and pmax has none).
-  shift = jax.lax.pmax(jax.lax.stop_gradient(column_part), axis_name)
-  summed = jax.lax.psum_scatter(jnp.exp(column_part - shift), axis_name, tiled=True)
-  size = summed.shape[0]
-  own_shift = jax.lax.dynamic_slice_in_dim(shift, jax.lax.axis_index(axis_name) * size, size)
-  return own_shift + jnp.log(summed)
+  # The shifts cancel out, so they need no gradient (and pmax has none).
+  global_shift = jax.lax.pmax(jax.lax.stop_gradient(shift), axis_name)
+  summed = jax.lax.psum_scatter(jnp.exp(shifted + (shift - global_shift)), axis_name, tiled=True)
+  own_shift = jax.lax.dynamic_slice_in_dim(global_shift, offset, summed.shape[0])
+  return jnp.log(summed), own_shift
 
 
 def chunked_siglip_loss(

@@ -143,9 +143,11 @@ def clip_loss(
   scale = clamped_scale(log_scale, max_scale)
   if axis_name is not None:
     return _gathered_clip_loss(image_embeddings, text_embeddings, scale, valid, axis_name)
-  logits = scale * jnp.matmul(
-      image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32).T
-  )
+  # The scale goes into the product, not onto its result: XLA fuses a multiply of the result into
+  # log_softmax's ``logit - max`` as one fused multiply-add that skips the product's rounding, so
+  # at logits ≳ 1e4 the largest logit no longer equals its own maximum (see
+  # `blockwise._scaled_logits`).
+  logits = jnp.matmul(scale * image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32).T)
   image_to_text = -jnp.diagonal(jax.nn.log_softmax(_exclude_columns(logits, valid[None, :]), axis=1))
   text_to_image = -jnp.diagonal(jax.nn.log_softmax(_exclude_columns(logits, valid[:, None]), axis=0))
   return 0.5 * (_masked_mean(image_to_text, valid) + _masked_mean(text_to_image, valid))
@@ -159,7 +161,7 @@ def _gathered_clip_loss(image, text, scale, valid, axis_name: AxisName) -> jax.A
   targets = jax.lax.axis_index(axis_name) * size + jnp.arange(size)
 
   def cross_entropy(anchors: jax.Array, candidates: jax.Array) -> jax.Array:
-    logits = _exclude_columns(scale * jnp.matmul(anchors, candidates.T), candidate_valid[None, :])
+    logits = _exclude_columns(jnp.matmul(scale * anchors, candidates.T), candidate_valid[None, :])
     log_probs = jax.nn.log_softmax(logits, axis=1)
     return -jnp.take_along_axis(log_probs, targets[:, None], axis=1)[:, 0]
 

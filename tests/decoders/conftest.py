@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import jaxprs
+
 LATENT_DIM = 6
 
 
@@ -51,6 +53,10 @@ def _remat_changes_memory_not_results(decoder, variables, out, grads):
   remat_grads = jax.jit(jax.grad(lambda v: jnp.sum(remat.apply(v, latent()) * weights)))(variables)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Equal gradients alone would pass a remat that does nothing: the recomputation must be traced.
+  gradient = lambda module: jax.grad(lambda v: jnp.sum(module.apply(v, latent()) * weights))
+  assert jaxprs.count_remats(gradient(remat), variables) > 0
+  assert jaxprs.count_remats(gradient(decoder), variables) == 0
 
 
 def _bfloat16_computation_keeps_float32_parameters(decoder, out):

@@ -6,28 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-# Names of JAX's rematerialisation primitive across versions ("remat2" in JAX 0.10).
-REMAT_PRIMITIVES = ("checkpoint", "remat2")
-
-
-def _primitive_names(jaxpr):
-  for equation in jaxpr.eqns:
-    yield equation.primitive.name
-    for value in equation.params.values():
-      for item in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds its Jaxpr
-        if hasattr(inner, "eqns"):
-          yield from _primitive_names(inner)
-
-
-def _count_remats(function, *args) -> int:
-  return sum(name in REMAT_PRIMITIVES for name in _primitive_names(jax.make_jaxpr(function)(*args).jaxpr))
-
+from tests import jaxprs
 
 @pytest.fixture
 def count_remats():
   """``count_remats(f, *args)``: how many rematerialised regions the jaxpr of ``f(*args)`` holds."""
-  return _count_remats
+  return jaxprs.count_remats
 
 
 def _conv2d(x, kernel, stride: int, padding) -> np.ndarray:

@@ -292,10 +292,14 @@ def test_bfloat16_computation_keeps_float32_parameters(name):
   out = _apply(encoder, return_tokens=True)(variables, TOKENS)
   assert out.pooled.dtype == out.tokens.dtype == jnp.bfloat16 and out.valid.dtype == jnp.bool_
   chex.assert_shape([out.pooled, out.tokens], [(3, FEATURES), (3, 8, FEATURES)])
-  np.testing.assert_allclose(out.pooled.astype(jnp.float32), reference.pooled, atol=0.1, rtol=0.1)
+  np.testing.assert_allclose(out.pooled.astype(jnp.float32), reference.pooled, atol=0.02, rtol=0.02)
   real = np.asarray(out.valid)
   tokens = np.asarray(out.tokens.astype(jnp.float32))
-  np.testing.assert_allclose(tokens[real], np.asarray(reference.tokens)[real], atol=0.1, rtol=0.1)
+  # bfloat16 keeps 8 significant bits (rounding ≤ 2⁻⁹ ≈ 0.2 % per operation). Pooled outputs of
+  # every encoder and fusion stay within 0.02 of float32 (measured, tests/encoders and
+  # tests/fusion); a transformer's per-token outputs (|x| up to ~2, after attention, an MLP and
+  # two LayerNorms in bfloat16) reached 0.038, hence 0.05 here.
+  np.testing.assert_allclose(tokens[real], np.asarray(reference.tokens)[real], atol=0.05, rtol=0.05)
 
 
 def test_dropout_between_recurrent_layers_only_in_training():

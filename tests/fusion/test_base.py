@@ -143,7 +143,7 @@ def test_bfloat16_computation_keeps_float32_parameters(case, batch):
   out = jax.jit(low.apply)(variables, inputs, present)
   assert out.dtype == jnp.bfloat16 and np.all(np.isfinite(out.astype(jnp.float32)))
   reference = _apply(module)(variables, inputs, present)
-  np.testing.assert_allclose(out.astype(jnp.float32), reference, atol=0.1, rtol=0.1)
+  np.testing.assert_allclose(out.astype(jnp.float32), reference, atol=0.02, rtol=0.02)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

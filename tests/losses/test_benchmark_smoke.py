@@ -17,10 +17,13 @@ def test_benchmark_writes_report_at_tiny_size(tmp_path, capsys):
   results = report["results"]
   # Two losses × two sizes × (dense + two chunk sizes).
   assert len(results) == 12
+  peak = {(r["loss"], r["batch"], r["chunk_size"]): r["memory"]["peak_bytes"] for r in results}
   for result in results:
-    memory = result["memory"]
-    assert memory["peak_bytes"] == memory["argument_bytes"] + memory["output_bytes"] + memory["temp_bytes"] - memory["alias_bytes"]
-    assert memory["temp_bytes"] > 0
+    assert result["memory"]["temp_bytes"] > 0
+    if result["method"] == "chunked" and result["chunk_size"] < result["batch"]:
+      # What the benchmark is for: chunks smaller than the batch need less memory than the dense
+      # loss (XLA's compiled memory analysis, not a formula of the benchmark's own).
+      assert result["memory"]["peak_bytes"] < peak[(result["loss"], result["batch"], None)], result
     if result["skipped"] is None:
       assert len(result["times_s"]) == 2 and result["median_s"] > 0
     else:

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,14 +126,108 @@ def test_bad_inputs_raise_clear_errors(call, message):
     call()
 
 
+def _clip_reference(image, text, scale):
+  """The CLIP loss in float64 NumPy, from the float32 embeddings: an independent reference."""
+  logits = scale * np.asarray(image, np.float64) @ np.asarray(text, np.float64).T
+
+  def log_softmax_diagonal(x):
+    shifted = x - x.max(axis=1, keepdims=True)
+    return np.diagonal(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+
+  return -0.5 * (log_softmax_diagonal(logits).mean() + log_softmax_diagonal(logits.T).mean())
+
+
+def _clip_value_and_grads(loss, image, text, scale, **kwargs):
+  return _value_and_grads(functools.partial(loss, max_scale=None, **kwargs), (image, text, jnp.float32(np.log(scale))))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e8])
+@pytest.mark.parametrize("batch,chunk_size", [(2, 1), (5, 2), (8, 512)])
+def test_all_equal_logits_give_log_batch_at_any_scale(scale, batch, chunk_size):
+  """Every logit equal: each softmax is uniform, the loss is log B exactly and nothing moves it."""
+  embeddings = jnp.full((batch, 4), 0.5, jnp.float32)
+  value, grads = _clip_value_and_grads(losses.chunked_clip_loss, embeddings, embeddings, scale, chunk_size=chunk_size)
+  dense_value, dense_grads = _clip_value_and_grads(losses.clip_loss, embeddings, embeddings, scale)
+  np.testing.assert_allclose(value, np.log(batch), rtol=1e-6)
+  np.testing.assert_allclose(dense_value, np.log(batch), rtol=1e-6)
+  # The gradients vanish (a uniform softmax against identical columns); rounding leaves at most
+  # a few ulps of the logits, scaled back by the scale.
+  for got, want in zip(grads, dense_grads):
+    np.testing.assert_allclose(got, 0.0, atol=1e-6 * scale)
+    np.testing.assert_allclose(want, 0.0, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e8])
+@pytest.mark.parametrize("chunk_size", [1, 8, 512])
+def test_near_duplicate_pairs_equal_dense_and_float64_at_any_scale(scale, chunk_size, assert_close):
+  """Issue 12's case: the chunked loss once gave 2e-4 and 2.75 at scales 1e4 and 1e8 where the
+  dense one gives 0, from a maximum and a positive logit rounded apart."""
+  rng = np.random.default_rng(0)
+  image = _normalised(rng, (32, 16))
+  text = _normalised(np.random.default_rng(1), (32, 16)) * 1e-3 + image
+  text = text / jnp.linalg.norm(text, axis=1, keepdims=True)
+  got = _clip_value_and_grads(losses.chunked_clip_loss, image, text, scale, chunk_size=chunk_size)
+  dense = _clip_value_and_grads(losses.clip_loss, image, text, scale)
+  reference = _clip_reference(image, text, scale)
+  np.testing.assert_allclose(got[0], reference, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(dense[0], reference, rtol=1e-5, atol=1e-7)
+  assert_close(got, dense)
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e4])
+def test_large_logits_a_few_units_apart_equal_float64(scale):
+  """Every embedding within ~1/√scale of one direction, so the logits differ by a few units: a
+  loss that is neither 0 nor log B, where a constant or a dropped term anywhere shows."""
+  rng = np.random.default_rng(2)
+  spread = scale**-0.5
+  image = _normalised(rng, (12, 8)) * spread + jnp.ones(8, jnp.float32)
+  text = image + jnp.asarray(rng.normal(size=(12, 8)) * spread * 0.3, jnp.float32)
+  image, text = (x / jnp.linalg.norm(x, axis=1, keepdims=True) for x in (image, text))
+  got = _clip_value_and_grads(losses.chunked_clip_loss, image, text, scale, chunk_size=5)
+  reference = _clip_reference(image, text, scale)
+  assert 0.05 < reference < np.log(12) - 0.05
+  # float32 dot products of unit vectors are exact to ~1e-7, i.e. ~1e-3 of a logit at scale 1e4.
+  np.testing.assert_allclose(got[0], reference, rtol=2e-3)
+  # Against the dense loss, up to float32 sums of B terms taken in another order. The log-scale
+  # gradient Σ ∂L/∂logit · logit sums terms of size ~scale that cancel (each row's ∂L/∂logit sums
+  # to 0), so its float32 error is ~1e-7 · scale, not relative to its own size.
+  dense = _clip_value_and_grads(losses.clip_loss, image, text, scale)
+  np.testing.assert_allclose(got[0], dense[0], rtol=1e-4)
+  for got_grad, dense_grad in zip(got[1][:2], dense[1][:2]):
+    np.testing.assert_allclose(got_grad, dense_grad, rtol=1e-4, atol=1e-4 * np.max(np.abs(dense_grad)))
+  np.testing.assert_allclose(got[1][2], dense[1][2], atol=1e-7 * scale)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 512])
 def test_huge_logits_keep_the_loss_and_gradients_finite(chunk_size):
   """Found by tests/test_properties.py: at logits ~2e9 the backward pass's recomputed logits
   differ from the forward pass's by more than exp can take."""
   image = np.full((2, 8), 7158.0, np.float32)
   text = np.concatenate([np.zeros((2, 1)), np.full((2, 7), 823.0)], axis=1).astype(np.float32)
-  value, grads = jax.jit(
-      jax.value_and_grad(lambda a, b, t: losses.chunked_clip_loss(a, b, t, chunk_size=chunk_size), argnums=(0, 1, 2))
+  compute = lambda loss, **kwargs: jax.jit(
+      jax.value_and_grad(lambda a, b, t: loss(a, b, t, **kwargs), argnums=(0, 1, 2))
   )(image, text, jnp.float32(4.0))
-  assert np.isfinite(value) and value >= 0
-  assert all(np.all(np.isfinite(g)) for g in grads)
+  value, grads = compute(losses.chunked_clip_loss, chunk_size=chunk_size)
+  dense_value, dense_grads = compute(losses.clip_loss)
+  # Every logit is the same ~2e9 number, so both softmaxes are uniform: log 2, as the dense loss.
+  np.testing.assert_allclose(value, np.log(2.0), rtol=1e-6)
+  np.testing.assert_allclose(dense_value, np.log(2.0), rtol=1e-6)
+  for got, want in zip(grads, dense_grads):
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, atol=1e-6 * max(1.0, float(np.max(np.abs(want)))))
+
+
+class VariantsTest(chex.TestCase):
+  """The same numbers traced and untraced: the chunked kernels' custom VJPs and scans must not
+  depend on being compiled."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_clip_value_and_gradients_equal_float64(self):
+    rng = np.random.default_rng(5)
+    image, text = _normalised(rng, (9, 6)), _normalised(rng, (9, 6))
+    loss = functools.partial(losses.chunked_clip_loss, chunk_size=4, max_scale=None)
+    value, grads = self.variant(jax.value_and_grad(loss, argnums=(0, 1)))(image, text, jnp.float32(np.log(20.0)))
+    chex.assert_shape(value, ())
+    chex.assert_shape(grads, (9, 6))
+    np.testing.assert_allclose(value, _clip_reference(image, text, 20.0), rtol=1e-5)
+    chex.assert_trees_all_close(grads, jax.value_and_grad(losses.clip_loss, argnums=(0, 1))(image, text, jnp.float32(np.log(20.0)))[1], rtol=1e-5, atol=1e-7)

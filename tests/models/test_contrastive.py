@@ -131,3 +131,15 @@ def test_any_two_modalities_audio_and_label_on_mm_shapes(shapes_dir, tmp_path):
   # The sound tells the pitch, 2 of the 12 classes' 3 attributes' values: the right class comes first
   # 1/6 of the time (chance 1/12) and ranks among the 6 of its pitch (~rank 250 of 1200, chance ~550).
   assert final["a2l_r1"] > 0.12 and final["a2l_median_rank"] < 400, final
+
+
+def test_identical_captions_are_one_group_in_retrieval(built):
+  """Every pair given the same caption: the captions embed identically, so any image answers a
+  caption query and any caption an image query (R@1 = 1). Ranked one-to-one instead, a caption
+  would find its own image at rank 1 only by chance (about 1 in B)."""
+  run, _, variables = built()
+  batch = dict(next(iter(run.data.eval_batches(32))))
+  batch["text"] = jnp.broadcast_to(batch["text"][:1], batch["text"].shape)
+  metrics = run.model.evaluate(variables, [batch])
+  assert metrics["num_examples"] > 8
+  assert metrics["t2i_r1"] == 1.0 and metrics["i2t_r1"] == 1.0, metrics

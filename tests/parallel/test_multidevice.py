@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_multidevice_suite_on_8_simulated_devices():
-  env = {**os.environ, "MMJAX_TEST_DEVICES": "8"}
+  # CPU pinned, like the multi-host test: the simulated devices are host devices, and a machine
+  # with an accelerator would otherwise run these on its one real device.
+  env = {**os.environ, "MMJAX_TEST_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
   env.pop("PYTEST_XDIST_WORKER", None)
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-m", "multidevice", "-p", "no:xdist", "-q", "-o", "addopts=--import-mode=importlib", "tests", "mmjax"],

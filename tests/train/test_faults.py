@@ -92,3 +92,38 @@ def test_nonfinite_terms_lists_only_bad_values():
   assert faults.nonfinite_terms({"loss": float("nan"), "grad_norm": float("inf"), "logit_scale": 14.0}) == [
       "grad_norm", "loss"
   ]
+
+
+def _signal_self(number):
+  os.kill(os.getpid(), number)
+  # The handler runs in the main thread at the next bytecode boundary; give it a few.
+  for _ in range(1000):
+    pass
+
+
+def test_first_signal_asks_to_stop_and_a_second_ctrl_c_aborts_at_once():
+  import signal
+
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with faults.StopSignals() as stop:
+    assert not stop.requested(1)
+    _signal_self(signal.SIGINT)
+    assert stop.received == "SIGINT" and stop.requested(1)
+    with pytest.raises(KeyboardInterrupt):
+      _signal_self(signal.SIGINT)
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_sigterm_asks_to_stop_and_a_repeated_sigterm_does_not_abort():
+  import signal
+
+  with faults.StopSignals() as stop:
+    _signal_self(signal.SIGTERM)
+    _signal_self(signal.SIGTERM)  # a scheduler repeating its notice must not lose the checkpoint
+    assert stop.received == "SIGTERM" and stop.requested(7)
+
+
+def test_interrupted_says_which_signal_and_step():
+  error = faults.Interrupted(12, "SIGTERM")
+  assert (error.step, error.signal_name) == (12, "SIGTERM")
+  assert str(error) == "stopped by SIGTERM after step 12; checkpoint 12 saved. Run the same command again to continue."

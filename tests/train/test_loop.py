@@ -1,5 +1,6 @@
 """The training loop end to end on mm_digits: learning, resuming, logging, compiling once."""
 
+import glob
 import json
 import os
 import shutil
@@ -47,6 +48,33 @@ def test_short_run_lowers_the_loss_and_writes_its_outputs(small, tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 40
 
 
+def _tensorboard_scalars(workdir) -> dict[str, list[int]]:
+  """``{tag: [step of each scalar event]}`` as TensorBoard reads the event files of `workdir/tb`.
+
+  Parses the TFRecord framing (length, CRC, payload, CRC) and the Event protos itself, and applies
+  TensorBoard's purge rule: a ``SessionLog.START`` at step ``s`` discards the events already read
+  at steps ``≥ s`` (how a resumed writer hides what a crashed attempt wrote after the checkpoint).
+  """
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  steps: dict[str, list[int]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "tb", "**", "events.out.tfevents.*"), recursive=True)):
+    data = open(path, "rb").read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        steps = {tag: [s for s in seen if s < event.step] for tag, seen in steps.items()}
+      for value in event.summary.value:
+        steps.setdefault(value.tag, []).append(event.step)
+  return steps
+
+
+@pytest.mark.optimized
 def test_resume_continues_the_same_trajectory(small, tmp_path):
   """A run that lost everything after its step-8 checkpoint, restarted, ends where an
   uninterrupted run ends, bitwise, with each step logged once."""
@@ -65,6 +93,10 @@ def test_resume_continues_the_same_trajectory(small, tmp_path):
     np.testing.assert_array_equal(a, b)
   straight_records, resumed_records = _read_metrics(straight), _read_metrics(interrupted)
   assert [r["step"] for r in resumed_records] == list(range(2, 17, 2))
+  # The copied event files already hold steps 10–16 once; the resumed writer wrote them again.
+  scalars = _tensorboard_scalars(interrupted)
+  assert scalars["loss"] == list(range(2, 17, 2))
+  assert all(seen == sorted(set(seen)) for seen in scalars.values()), scalars
   for a, b in zip(straight_records, resumed_records):
     assert {k: v for k, v in a.items() if k not in WALL_CLOCK_KEYS} == {k: v for k, v in b.items() if k not in WALL_CLOCK_KEYS}
 
@@ -92,6 +124,7 @@ def test_unwritable_workdir_fails_before_training(small, tmp_path):
     experiment.train(small(), str(blocker / "run"))
 
 
+@pytest.mark.optimized
 def test_same_seed_same_run(small, tmp_path):
   """Two runs with one config write the same metrics (wall-clock fields aside) and evaluation."""
   config = small(num_steps=8, log_every=2, eval_every=4, checkpoint_every=4)

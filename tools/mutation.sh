@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules whose guarantees users rely on most, each against its own tests.
+#
+#   pip install -e '.[dev]'          # mutmut
+#   tools/mutation.sh [TARGET...]    # TARGET: losses | checkpoints | faults (default: all three)
+#
+# Each target runs in a fresh copy of the committed tree (git archive HEAD) under
+# ${MUTATION_DIR:-/tmp/mmjax-mutation}/TARGET, so the working tree is never touched, and ends with
+# `mutmut results` (the survivors). Inspect one with `mutmut show NAME` in that directory.
+# Slow: every mutant reruns the target's tests; see docs/testing.md for measured times and results.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${MUTATION_DIR:-/tmp/mmjax-mutation}"
+PYTHON="${PYTHON:-python}"
+
+declare -A PATHS=(
+  [losses]="mmjax/losses/"
+  [checkpoints]="mmjax/train/checkpoints.py"
+  [faults]="mmjax/train/faults.py"
+)
+declare -A TESTS=(
+  [losses]="tests/losses/ tests/test_properties.py"
+  [checkpoints]="tests/train/test_checkpoints.py tests/train/test_crash_recovery.py"
+  [faults]="tests/train/test_faults.py tests/train/test_crash_recovery.py"
+)
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(losses checkpoints faults)
+for target in "${targets[@]}"; do
+  [ -n "${PATHS[$target]:-}" ] || { echo "unknown target '$target'; valid: ${!PATHS[*]}" >&2; exit 2; }
+  dir="$WORK/$target"
+  rm -rf "$dir" && mkdir -p "$dir"
+  git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+  # mutmut reads lists from setup.cfg one item per line. The pytest arguments replace the
+  # project's addopts (doctests, notebooks, xdist), which would otherwise run with every mutant;
+  # MUTATION_PYTEST_K narrows the tests (e.g. to the fast unit tests) for a quick first pass.
+  {
+    echo "[mutmut]"
+    echo "paths_to_mutate = ${PATHS[$target]}"
+    echo "tests_dir ="; printf '  %s\n' ${TESTS[$target]}
+    echo "also_copy ="; printf '  %s\n' configs/ tests/ mmjax/ benchmarks/
+    echo "pytest_add_cli_args ="; printf '  %s\n' -p no:xdist -o addopts=--import-mode=importlib
+    if [ -n "${MUTATION_PYTEST_K:-}" ]; then printf '  %s\n' -k "$MUTATION_PYTEST_K"; fi
+  } > "$dir/setup.cfg"
+  echo "== $target: mutating ${PATHS[$target]} against ${TESTS[$target]}"
+  (cd "$dir" && "$PYTHON" -m mutmut run && "$PYTHON" -m mutmut results) || true
+done
