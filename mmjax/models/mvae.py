@@ -4,8 +4,10 @@ random-subset ELBOs (Wu & Goodman 2018).
 Config (``model`` section; shared keys in `mmjax.models.vae_common`): ``random_subsets`` (k,
 the random modality subsets whose ELBO is added each step; the paper uses them with more than two
 modalities), ``beta`` and ``kl_warmup_steps`` (KL weight, linearly annealed: `kl_warmup`),
-``likelihoods.<m>.weight`` (the paper's label weight 50 on MNIST). Every ELBO term reconstructs
-only the modalities of its subset, as in the reference code.
+``likelihoods.<m>.weight`` (the paper's label weight 50 on MNIST), and ``reconstruct``: what every
+subset's ELBO reconstructs: ``"subset"``, its own modalities (the paper and its reference code), or
+``"present"``, every present modality (the subset's posterior also learns to generate the others,
+which is what cross-generation asks of it).
 """
 
 import jax
@@ -18,6 +20,8 @@ from mmjax.models import vae_common
 from mmjax.models.base import Family
 from mmjax.numerics import masked_mean
 from mmjax.schema import Field
+
+RECONSTRUCT = ("subset", "present")
 
 
 class MVAE(vae_common.MultimodalVAE):
@@ -48,7 +52,8 @@ class MVAE(vae_common.MultimodalVAE):
     z = posteriors.sample(noise_key, 1)[0]
     count, size = members.shape[0], members.shape[2]
     log_likelihoods = self.log_likelihoods(params, self.decode(params, z.reshape(count * size, -1)), inputs, count)
-    reconstruction = self.weighted(log_likelihoods, jnp.transpose(members, (1, 0, 2)).reshape(len(self.modalities), -1))
+    targets = members if self.config.reconstruct == "subset" else jnp.broadcast_to(present, members.shape)
+    reconstruction = self.weighted(log_likelihoods, jnp.transpose(targets, (1, 0, 2)).reshape(len(self.modalities), -1))
     beta = kl_warmup(step, self.config.kl_warmup_steps, beta=self.config.beta)
     kl = posteriors.kl_to_standard_normal().reshape(-1)
     bounds = elbo(reconstruction, kl, beta=beta).reshape(count, size)
@@ -60,7 +65,7 @@ class MVAE(vae_common.MultimodalVAE):
 
 
 def config_schema(config) -> dict:
-  return vae_common.config_schema(config, random_subsets=Field(int, low=0))
+  return vae_common.config_schema(config, random_subsets=Field(int, low=0), reconstruct=Field(str, choices=RECONSTRUCT))
 
 
 FAMILY = Family(
