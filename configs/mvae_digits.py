@@ -1,5 +1,6 @@
 """MVAE on mm_digits (image + label): product of experts with a prior expert, joint + unimodal
-ELBOs, the paper's label weight 50, KL annealed linearly. ``mmjax train --config
+ELBOs reconstructing every present modality (``reconstruct``), the paper's label weight 50,
+KL annealed linearly. ``mmjax train --config
 configs/mvae_digits.py --workdir runs/mvae``; see docs/generative.md for measured figures."""
 
 from configs import vae_digits_base

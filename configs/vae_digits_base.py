@@ -43,7 +43,7 @@ def get_config(family: str, *, num_steps: int, batch_size: int) -> ml_collection
       kl_warmup_steps=0,
       eval_samples=100,  # K of the IWAE log-likelihood
       eval_chunk_size=50,
-      eval_prior_samples=500,  # joint coherence
+      eval_prior_samples=400,  # joint coherence; = train.eval_batch_size, so the judges see one batch shape
       eval_seed=0,
       reference_classifiers=reference_section(
           num_steps=600, image=encoder_section("image", "conv", conv=dict(channels=(32, 64), strides=(1, 2)))

@@ -17,7 +17,7 @@ def tiny_config(family: str, data_dir: str, **train):
   config = CONFIGS[family].get_config()
   config.data.update(data_dir=data_dir, batch_size=16)
   model = config.model
-  model.update(features=16, latent_size=4, eval_samples=4, eval_chunk_size=2, eval_prior_samples=16)
+  model.update(features=16, latent_size=4, eval_samples=4, eval_chunk_size=2, eval_prior_samples=128)  # the eval batch size: the judges compile once
   model.encoders.image.mlp.width = 16
   model.encoders.label.embedding.width = 16
   model.decoders.image.mlp.update(width=16, depth=1)
