@@ -1,0 +1,106 @@
+"""Tiny configs and checks shared by the VAE family tests (one test file per family)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import mmvae_digits, mopoe_digits, mvae_digits
+from mmjax import experiment
+from tests.compilations import assert_compiles_once
+
+CONFIGS = {"mvae": mvae_digits, "mmvae": mmvae_digits, "mopoe": mopoe_digits}
+
+
+def tiny_config(family: str, data_dir: str, **train):
+  """The family's mm_digits config shrunk to run in seconds."""
+  config = CONFIGS[family].get_config()
+  config.data.update(data_dir=data_dir, batch_size=16)
+  model = config.model
+  model.update(features=16, latent_size=4, eval_samples=4, eval_chunk_size=2, eval_prior_samples=128)  # the eval batch size: the judges compile once
+  model.encoders.image.mlp.width = 16
+  model.encoders.label.embedding.width = 16
+  model.decoders.image.mlp.update(width=16, depth=1)
+  model.decoders.label.mlp.update(width=16, depth=1)
+  model.reference_classifiers.update(num_steps=4, batch_size=32, features=8)
+  model.reference_classifiers.encoders.image.conv.channels = (4, 8)
+  if family == "mmvae":
+    model.num_samples = 3
+  config.train.update(dict(num_steps=4, log_every=2, eval_every=2, checkpoint_every=2, eval_batch_size=128))
+  config.train.update(train)
+  return config
+
+
+def check_compiles_once(family: str, data_dir: str, workdir: str, monkeypatch) -> None:
+  """`assert_compiles_once` on a short run, its reference classifiers trained beforehand (their
+  own runs evaluate too, which would count as the run's first evaluation)."""
+  config = tiny_config(family, data_dir, checkpoint_every=4)  # the first save compiles fingerprints
+  experiment.build(config, workdir=workdir).references.prepare()
+  assert_compiles_once(config, workdir, monkeypatch)
+
+
+def build(family: str, data_dir: str, batch_size: int = 16, **model):
+  config = tiny_config(family, data_dir)
+  config.model.update(model)
+  run = experiment.build(config)
+  batch = run.data.train_dataset(batch_size, seed=0)[0]
+  variables = jax.jit(run.model.init)(jax.random.key(0), batch)
+  return run.model, batch, variables
+
+
+def losses_while_training(model, batch, variables, steps: int) -> list[float]:
+  """Adam on one fixed batch; the loss at every step."""
+  optimizer = optax.adam(3e-3)
+
+  @jax.jit
+  def update(params, state, step):
+    (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, {}, batch, jax.random.fold_in(jax.random.key(1), step), step)
+    updates, state = optimizer.update(grads, state)
+    return optax.apply_updates(params, updates), state, loss
+
+  params, state, values = variables["params"], optimizer.init(variables["params"]), []
+  for step in range(steps):
+    params, state, loss = update(params, state, step)
+    values.append(float(loss))
+  return values
+
+
+def check_training_lowers_the_loss(family: str, data_dir: str) -> None:
+  values = losses_while_training(*build(family, data_dir), steps=40)
+  assert np.all(np.isfinite(values))
+  assert np.mean(values[-5:]) < 0.8 * np.mean(values[:5]), values
+
+
+def check_generative_api_under_jit(family: str, data_dir: str) -> None:
+  model, batch, variables = build(family, data_dir)
+  key = jax.random.key(2)
+  reconstruction = jax.jit(model.reconstruct)(variables, batch, key)
+  assert reconstruction["image"].shape == batch["image"].shape and reconstruction["image"].dtype == jnp.float32
+  assert reconstruction["label"].shape == batch["label"].shape and reconstruction["label"].dtype == jnp.int32
+  label_only = {**batch, "present": {"image": jnp.zeros_like(batch["present"]["image"]), "label": batch["present"]["label"]}}
+  cross_generate = jax.jit(model.cross_generate, static_argnames="target")
+  image = cross_generate(variables, label_only, target="image", rng=key)
+  assert image.shape == batch["image"].shape
+  assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0  # the data's [0, 1] scaling
+  # Generating from the label alone ignores the image entirely.
+  garbage = {**label_only, "image": jnp.full_like(batch["image"], 7.0)}
+  np.testing.assert_array_equal(image, cross_generate(variables, garbage, target="image", rng=key))
+  samples = jax.jit(model.sample, static_argnums=1)(variables, 5, key)
+  assert samples["image"].shape == (5, *batch["image"].shape[1:]) and samples["label"].shape == (5,)
+
+
+def check_missing_modalities(family: str, data_dir: str) -> None:
+  """With half the images absent, the loss and its gradient are finite, and absent values change nothing."""
+  model, batch, variables = build(family, data_dir)
+  absent = np.arange(batch["label"].shape[0]) % 2 == 0
+  present = {"image": batch["present"]["image"] & ~absent, "label": batch["present"]["label"]}
+  partial = {**batch, "present": present}
+  garbage = {**partial, "image": jnp.where(absent[:, None, None, None], 1e3, batch["image"])}
+  value_and_grad = jax.jit(jax.value_and_grad(lambda p, b: model.loss(p, {}, b, jax.random.key(3), 5)[0]))
+  loss, grads = value_and_grad(variables["params"], partial)
+  assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  garbage_loss, garbage_grads = value_and_grad(variables["params"], garbage)
+  np.testing.assert_allclose(garbage_loss, loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(garbage_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert losses_while_training(model, partial, variables, 20)[-1] < float(loss)
