@@ -129,3 +129,48 @@ def test_rebuilding_with_other_settings_under_the_same_name_is_refused(mocked_so
 def test_missing_sources_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="'mnist' prepared as array_record"):
     mnist_svhn.prepare(str(tmp_path))
+
+
+def _tiny_paper_config(data_dir):
+  """configs/mmvae_mnist_svhn.py with every size shrunk, nothing else changed."""
+  from configs import mmvae_mnist_svhn
+
+  config = mmvae_mnist_svhn.get_config()
+  config.data.update(data_dir=data_dir, batch_size=8, splits=dict(train="train", eval="test[:16]"))
+  model = config.model
+  model.update(latent_size=4, features=8, num_samples=3, eval_samples=2, eval_chunk_size=2, eval_prior_samples=8)
+  model.encoders.mnist.mlp.width = 16
+  model.encoders.svhn.conv.channels = (4, 4, 4)
+  model.decoders.mnist.mlp.width = 16
+  model.decoders.svhn.conv_transpose.channels = (8, 4, 4)
+  model.reference_classifiers.update(num_steps=2, batch_size=8, features=8)
+  for m in ("mnist", "svhn"):
+    model.reference_classifiers.encoders[m].conv.channels = (4,) * len(model.reference_classifiers.encoders[m].conv.channels)
+  config.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2, eval_batch_size=8, async_checkpointing=False)
+  return config
+
+
+def test_the_paper_config_is_valid():
+  from configs import mmvae_mnist_svhn
+  from mmjax import experiment
+
+  config = mmvae_mnist_svhn.get_config()
+  experiment.validate_config(config)
+  assert config.model.latent_size == 20 and config.model.num_samples == 30 and config.model.estimator == "dreg"
+  assert config.model.posterior == "laplace" and config.data.batch_size == 128
+  assert config.model.likelihoods.mnist.weight == pytest.approx(3 * 32 * 32 / 784)
+  assert config.model.likelihoods.svhn.weight == 1.0
+  assert config.train.num_steps == 30 * 1_121_360 // 128
+  # Only the two images: nothing left of the mm_digits base config's modalities.
+  model = config.model
+  for section in (config.data.modalities, model.encoders, model.decoders, model.likelihoods, model.reference_classifiers.encoders):
+    assert sorted(section) == ["mnist", "svhn"], section
+
+
+@pytest.mark.slow
+def test_the_paper_config_trains_a_few_steps_on_mocked_pairs(mocked_sources, tmp_path):
+  from mmjax import experiment
+
+  metrics = experiment.train(_tiny_paper_config(str(tmp_path)), str(tmp_path / "run"))
+  assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float)), metrics
+  assert "coherence/mnist->svhn" in metrics and "coherence/svhn->mnist" in metrics, sorted(metrics)
