@@ -124,6 +124,14 @@ def pair_indices(
 def source(modality: str, split: str, data_dir: str) -> Sequence:
   """The prepared TFDS data source of `modality`'s dataset and `split` in `data_dir`.
 
+  Args:
+    modality: a key of `SOURCES` (``"mnist"`` or ``"svhn"``).
+    split: a split of the source dataset (``"train"`` or ``"test"``).
+    data_dir: root of the TFDS data directory.
+
+  Returns:
+    The split as a random-access sequence of examples (``image``, ``label``).
+
   Raises:
     FileNotFoundError: when the dataset is not prepared there as array_record.
   """

@@ -30,11 +30,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  del spec, modality
+  del spec
   return ConvEncoder(
       features=features, channels=tuple(options["channels"]), strides=tuple(options["strides"]),
       kernel_size=options["kernel_size"], norm=options["norm"], activation=options["activation"],
-      pooling=options["pooling"], remat=remat, dtype=dtype,
+      pooling=options["pooling"], remat=remat, dtype=dtype, modality=modality,
   )
 
 
