@@ -98,11 +98,12 @@ def test_max_per_class_caps_the_images_kept():
   assert sorted(mnist.tolist()) == sorted(svhn.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
-def test_read_as_a_multimodal_dataset(mocked_sources, sources, tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_read_as_a_multimodal_dataset(mocked_sources, sources, tmp_path, cache):
   config = ml_collections.ConfigDict(dict(
       name="mnist_svhn", data_dir=str(tmp_path),
       modalities=dict(mnist=input_pipeline.modality("mnist", "image"), svhn=input_pipeline.modality("svhn", "image")),
-      label="label", splits=dict(train="train", eval="test"), batch_size=8, cache=False, modality_dropout={},
+      label="label", splits=dict(train="train", eval="test"), batch_size=8, cache=cache, modality_dropout={},
   ))
   assert input_pipeline.config_problems(config) == []
   data = input_pipeline.from_config(config)
