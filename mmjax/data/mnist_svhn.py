@@ -20,8 +20,9 @@ The dataset stores only the two source indices and the label of each pair; `prep
 ``mnist`` (``uint8[28, 28, 1]``), ``svhn`` (``uint8[32, 32, 3]``) and ``label`` like any other
 TFDS dataset. Pixel copies would cost 1,121,360 × 3,856 B ≈ 4.3 GB uncompressed for the
 training pairs of the default config (arithmetic, not a measured build) and a PNG encoding of every
-one, to duplicate images already on disk; the indices and label are three integers per pair. The metadata holds the class names, the moments of the train images of
-each modality (over the distinct images used) and the build settings.
+one, to duplicate images already on disk; the indices and label are three integers per pair. The
+metadata holds the class names, the moments of the train images of each modality (over the
+distinct images used) and the build settings.
 
 With the full sources the default config (20 pairs, at most 10,000 per class) gives 1,121,360
 train pairs (the sum over classes of the smaller class count, 56,068, times 20; computed from the
