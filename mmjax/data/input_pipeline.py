@@ -18,14 +18,14 @@ import os
 
 import tensorflow_datasets as tfds
 
-from mmjax.data import mm_digits, mm_shapes, preprocess, tokenizers
+from mmjax.data import mm_digits, mm_shapes, mnist_svhn, preprocess, tokenizers
 from mmjax.data.dataset import ModalityConfig, MultimodalData
 from mmjax.data.spec import KINDS, LABEL_KEY, RESERVED_KEYS
 from mmjax.schema import ConfigError, Entries, Field
 
 # Datasets that mmjax builds itself (offline, on first use), by the name used in `config.data.name`;
 # ``name/config`` picks one of a builder's configs (``mm_shapes/missing``).
-BUILDERS = {"mm_digits": mm_digits.prepare, "mm_shapes": mm_shapes.prepare}
+BUILDERS = {"mm_digits": mm_digits.prepare, "mm_shapes": mm_shapes.prepare, "mnist_svhn": mnist_svhn.prepare}
 
 # The options of a modality section, by kind, with their defaults.
 KIND_OPTIONS = {

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.decoders import base
-from mmjax.decoders.layers import ConvTransposeTrunk, MLPTrunk
+from mmjax.decoders.layers import ConvTransposeTrunk, MLPTrunk, center_crop, stem_size
 
 
 def _check_image_shape(decoder: nn.Module) -> None:
@@ -34,13 +34,20 @@ class ConvTransposeImageDecoder(nn.Module):
   being cropped in the middle before the final convolution (28×28 with three stages: 4×4 → 32×32 →
   crop). Any ``H × W`` therefore works; choose `channels` so that little is cropped.
 
+  With ``output_stride > 1`` the final layer is a conv-transpose of that stride instead (the trunk
+  then builds the ``ceil(H / output_stride)`` map, and the output is cropped to ``H × W``), as in
+  MMVAE's SVHN decoder (Shi et al. 2019): ``channels=(128, 64, 32), output_stride=2,
+  output_kernel_size=4, norm="none"`` gives 4×4×128 → 8×8×64 → 16×16×32 → 32×32×3, the stem being
+  their 4×4 conv-transpose of the 1×1 latent (a dense layer) and every upsampling kernel 4×4.
+
   Attributes:
     shape: the image's ``(H, W, C)`` (a ``ModalitySpec``'s shape).
     channels: features of the stem, then of each upsampling stage (DCGAN halves them per stage).
     stride: upsampling factor of each stage.
     kernel_size: square kernel of the conv-transposes (DCGAN: 4 with stride 2; a multiple of the
       stride avoids checkerboard artefacts).
-    output_kernel_size: square kernel of the final convolution.
+    output_kernel_size: square kernel of the final convolution (or conv-transpose).
+    output_stride: upsampling factor of the final layer (1: a plain convolution).
     norm: a name in `mmjax.encoders.layers.NORMS` (``"none"`` included), after the stem and each stage.
     activation: a name in `mmjax.decoders.layers.ACTIVATIONS` (DCGAN: ReLU).
     modality: the modality's name, for errors.
@@ -49,12 +56,19 @@ class ConvTransposeImageDecoder(nn.Module):
 
   References:
     Radford et al., Unsupervised Representation Learning with Deep Convolutional GANs (DCGAN), 2016.
+    Shi, Siddharth, Paige & Torr, Variational Mixture-of-Experts Autoencoders for Multi-Modal Deep
+    Generative Models (MMVAE), NeurIPS 2019.
 
   >>> decoder = ConvTransposeImageDecoder(shape=(28, 28, 1), channels=(16, 8, 8))
   >>> latent = jnp.zeros((2, 10))
   >>> variables = decoder.init(jax.random.key(0), latent)
   >>> decoder.apply(variables, latent).shape
   (2, 28, 28, 1)
+  >>> svhn = ConvTransposeImageDecoder(shape=(32, 32, 3), channels=(128, 64, 32), output_stride=2,
+  ...                                  output_kernel_size=4, norm="none")
+  >>> params = svhn.init(jax.random.key(0), jnp.zeros((1, 20)))["params"]
+  >>> params["trunk"]["latent_projection"]["kernel"].shape, params["output"]["kernel"].shape
+  ((20, 2048), (4, 4, 32, 3))
   """
 
   shape: tuple[int, int, int]
@@ -62,6 +76,7 @@ class ConvTransposeImageDecoder(nn.Module):
   stride: int = 2
   kernel_size: int = 4
   output_kernel_size: int = 3
+  output_stride: int = 1
   norm: str = "layer"
   activation: str = "relu"
   modality: str = "image"
@@ -72,13 +87,21 @@ class ConvTransposeImageDecoder(nn.Module):
   def __call__(self, latent: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # no dropout or batch statistics
     _check_image_shape(self)
+    if self.output_stride < 1:
+      raise ValueError(f"{base.describe(self)}: output_stride must be at least 1, got {self.output_stride}.")
     height, width, channels = self.shape
+    kernel = (self.output_kernel_size,) * 2
     x = ConvTransposeTrunk(
-        size=(height, width), channels=tuple(self.channels), stride=self.stride, kernel_size=self.kernel_size,
-        norm=self.norm, activation=self.activation, where=base.describe(self), remat=self.remat, dtype=self.dtype,
-        name="trunk",
+        size=stem_size((height, width), self.output_stride), channels=tuple(self.channels), stride=self.stride,
+        kernel_size=self.kernel_size, norm=self.norm, activation=self.activation, where=base.describe(self),
+        remat=self.remat, dtype=self.dtype, name="trunk",
     )(latent)
-    return nn.Conv(channels, (self.output_kernel_size,) * 2, dtype=self.dtype, name="output")(x)
+    if self.output_stride == 1:
+      return nn.Conv(channels, kernel, dtype=self.dtype, name="output")(x)
+    x = nn.ConvTranspose(
+        channels, kernel, strides=(self.output_stride,) * 2, padding="SAME", dtype=self.dtype, name="output"
+    )(x)
+    return center_crop(x, (height, width))
 
 
 class MLPImageDecoder(nn.Module):

@@ -22,7 +22,7 @@ from mmjax.encoders import (
     ConvEncoder, LabelEncoder, LogMelCNN, MLPEncoder, RecurrentTextEncoder, ResNet, TransformerTextEncoder, ViT,
     WaveformConvEncoder,
 )
-from mmjax.encoders import audio, layers, resnet, vector, vit
+from mmjax.encoders import audio, image, layers, resnet, vector, vit
 from mmjax.models.choices import Choice, ChoiceTable, as_tuples
 from mmjax.schema import Field
 
@@ -30,10 +30,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _conv(options, spec: ModalitySpec, modality: str, features: int, dtype, remat: bool) -> nn.Module:
-  del spec, modality
+  del spec
   return ConvEncoder(
       features=features, channels=tuple(options["channels"]), strides=tuple(options["strides"]),
-      kernel_size=options["kernel_size"], norm=options["norm"], remat=remat, dtype=dtype,
+      kernel_size=options["kernel_size"], norm=options["norm"], activation=options["activation"],
+      pooling=options["pooling"], remat=remat, dtype=dtype, modality=modality,
   )
 
 
@@ -126,6 +127,8 @@ ENCODERS = ChoiceTable({
             "strides": ((1, 2, 2), Field((tuple, list), items=int, low=1)),
             "kernel_size": (3, Field(int, low=1)),
             "norm": ("layer", Field(str, choices=tuple(layers.NORMS))),
+            "activation": ("gelu", Field(str, choices=tuple(vector.ACTIVATIONS))),
+            "pooling": ("mean", Field(str, choices=image.CONV_POOLINGS)),
         },
         build=_conv,
         problems=_conv_problems,

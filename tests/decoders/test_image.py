@@ -97,3 +97,48 @@ def test_bad_configurations_raise_errors_naming_the_modality():
     MLPImageDecoder(shape=(8, 8, 1), width=4, activation="elu").init(jax.random.key(0), z)
   with pytest.raises(ValueError, match=r"Unknown norm 'batch'; valid choices"):
     ConvTransposeImageDecoder(shape=(8, 8, 1), channels=(8, 8), norm="batch").init(jax.random.key(0), z)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+def test_conv_transpose_output_layer(decoder_checks, shape):
+  decoder_checks(ConvTransposeImageDecoder(shape=shape, channels=(8, 8), output_stride=2, output_kernel_size=4), shape)
+
+
+def test_mmvae_svhn_layout_upsamples_4_8_16_32():
+  decoder = ConvTransposeImageDecoder(
+      shape=(32, 32, 3), channels=(128, 64, 32), output_stride=2, output_kernel_size=4, norm="none"
+  )
+  z = jnp.zeros((1, 20))
+  variables = jax.jit(decoder.init)(jax.random.key(0), z)
+  assert variables["params"]["trunk"]["latent_projection"]["kernel"].shape == (20, 4 * 4 * 128)
+  assert variables["params"]["output"]["kernel"].shape == (4, 4, 32, 3)
+  out, state = decoder.apply(variables, z, capture_intermediates=True)
+  trunk = state["intermediates"]["trunk"]
+  assert trunk["stage0"]["__call__"][0].shape == (1, 8, 8, 64)
+  assert trunk["stage1"]["__call__"][0].shape == (1, 16, 16, 32)
+  assert out.shape == (1, 32, 32, 3)
+
+
+def test_output_conv_transpose_matches_a_numpy_reference():
+  # Flax's "SAME" conv-transpose with stride 2, kernel 4 = put zeros between the input's cells, pad
+  # 2 on each side and correlate with the kernel (flax does not flip it).
+  decoder = ConvTransposeImageDecoder(shape=(4, 4, 1), channels=(2,), output_stride=2, output_kernel_size=4, norm="none")
+  z = jax.random.normal(jax.random.key(1), (1, 3))
+  variables = jax.jit(decoder.init)(jax.random.key(0), z)
+  out, state = decoder.apply(variables, z, capture_intermediates=True)
+  x = np.asarray(state["intermediates"]["trunk"]["__call__"][0], np.float64)  # [1, 2, 2, 2]
+  kernel = np.asarray(variables["params"]["output"]["kernel"], np.float64)
+  dilated = np.zeros((1, 3, 3, 2))
+  dilated[:, ::2, ::2] = x
+  padded = np.pad(dilated, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  expected = np.zeros((1, 4, 4, 1))
+  for i in range(4):
+    for j in range(4):
+      expected[:, i, j] = np.tensordot(padded[:, i : i + 4, j : j + 4], kernel, axes=([1, 2, 3], [0, 1, 2]))
+  expected += np.asarray(variables["params"]["output"]["bias"])
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_output_stride_is_refused():
+  with pytest.raises(ValueError, match="output_stride must be at least 1, got 0"):
+    ConvTransposeImageDecoder(shape=(8, 8, 1), channels=(4,), output_stride=0).init(jax.random.key(0), jnp.zeros((1, 3)))

@@ -137,3 +137,46 @@ def test_bad_configuration_and_input_raise_clear_errors():
     ConvEncoder(features=4, modality="sketch").init(jax.random.key(0), IMAGES[0])
   with pytest.raises(ValueError, match=r"Unknown norm 'batch'; valid choices"):
     ConvEncoder(features=4, norm="batch").init(jax.random.key(0), IMAGES)
+
+
+def test_flatten_pooling_with_relu_matches_a_numpy_forward_pass(conv2d):
+  # The MMVAE SVHN encoder's layout (kernel 4, stride 2, ReLU, no norm, dense on the flattened
+  # last map), at a small size.
+  encoder = ConvEncoder(
+      features=5, channels=(4, 6), strides=(2, 2), kernel_size=4, norm="none", activation="relu", pooling="flatten"
+  )
+  images = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
+  params = jax.jit(encoder.init)(jax.random.key(4), images)["params"]
+  assert params["projection"]["kernel"].shape == (3 * 3 * 6, 5)
+  x = np.asarray(images, np.float64)
+  for index in range(2):
+    stage = jax.tree.map(np.asarray, params[f"stage{index}"])
+    pads = tuple(_same_padding(n, 4, 2) for n in x.shape[1:3])
+    x = np.maximum(conv2d(x, stage["conv"]["kernel"], 2, pads) + stage["conv"]["bias"], 0)
+  expected = x.reshape(2, -1) @ np.asarray(params["projection"]["kernel"]) + np.asarray(params["projection"]["bias"])
+  out = jax.jit(encoder.apply)({"params": params}, images)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+  # Every sample alone gives the same features; every parameter gets a gradient.
+  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params}, images[1:]), out[1:], rtol=1e-5, atol=1e-6)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply({"params": p}, images)))))(params)
+  assert all(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(grads))
+
+
+def test_mmvae_svhn_layout_reaches_a_4x4x128_map():
+  encoder = ConvEncoder(
+      features=20, channels=(32, 64, 128), strides=(2, 2, 2), kernel_size=4, norm="none", activation="relu",
+      pooling="flatten",
+  )
+  shapes = jax.eval_shape(encoder.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  assert shapes["projection"]["kernel"].shape == (4 * 4 * 128, 20)
+
+
+def test_bad_activation_pooling_and_tokens_raise_clear_errors():
+  with pytest.raises(ValueError, match=r"ConvEncoder \(image\): unknown activation 'swish'; valid choices: \['gelu', 'relu'"):
+    ConvEncoder(features=4, activation="swish").init(jax.random.key(0), IMAGES)
+  with pytest.raises(ValueError, match=r"unknown pooling 'max'; valid choices: \['mean', 'flatten'\]"):
+    ConvEncoder(features=4, pooling="max").init(jax.random.key(0), IMAGES)
+  with pytest.raises(ValueError, match=r"pooling 'flatten' has no per-cell tokens"):
+    ConvEncoder(features=4, pooling="flatten").init(jax.random.key(0), IMAGES, return_tokens=True)
+  with pytest.raises(ValueError, match=r"modality 'svhn': expected shape"):
+    ConvEncoder(features=4, pooling="flatten", modality="svhn").init(jax.random.key(0), IMAGES[0])
