@@ -147,12 +147,14 @@ def _mean_spread(values: Sequence[float]) -> str:
 
 
 def table(records: Sequence[dict]) -> str:
-  """A markdown table: one row per run (in `run_names` order), mean ± half the range over seeds."""
+  """A markdown table: one row per run (in `run_names` order), mean ± half the range over seeds of
+  the accuracies, the median over seeds of the step time and of the user CPU time of a whole run
+  (building, compiling, training, evaluating)."""
   by_run: dict[str, list[dict]] = {}
   for record in records:
     by_run.setdefault(record["run"], []).append(record)
   order = {name: i for i, name in enumerate(run_names())}
-  header = ["run", "seeds", "accuracy"] + [f"without {m}" for m in MODALITIES] + ["parameters", "ms / step"]
+  header = ["run", "seeds", "accuracy"] + [f"without {m}" for m in MODALITIES] + ["parameters", "ms / step", "CPU s / run"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name in sorted(by_run, key=lambda n: order.get(n, len(order))):
     runs = by_run[name]
@@ -162,6 +164,7 @@ def table(records: Sequence[dict]) -> str:
       cells.append(_mean_spread([r[key] for r in runs]) if key in runs[0] else "—")
     cells.append(f"{runs[0]['parameters']:,}")
     cells.append(f"{statistics.median(r['step_seconds_median'] for r in runs) * 1e3:.0f}")
+    cells.append(f"{statistics.median(r['user_cpu_seconds'] for r in runs):.0f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

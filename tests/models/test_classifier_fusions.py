@@ -15,7 +15,7 @@ from mmjax.train import loop
 
 pytestmark = pytest.mark.slow
 
-STEPS = 12
+STEPS = 30
 
 
 def tiny_config(data_dir: str, fusion: str = "early"):
@@ -34,7 +34,7 @@ def tiny_config(data_dir: str, fusion: str = "early"):
   for name in ("cross_modal", "co_attention", "transformer", "bottleneck"):
     config.model.fusion_options[name].update(width=8, num_heads=2, depth=1)
   config.model.fusion_options.bottleneck.fusion_layer = 0
-  config.optimizer.update(learning_rate=1e-2, warmup_steps=1)
+  config.optimizer.update(schedule="constant", learning_rate=1e-2)
   config.train.update(dict(num_steps=STEPS, progress_bar=False))
   return config
 
@@ -60,5 +60,6 @@ def test_a_short_run_lowers_the_loss(built, shapes_dir, fusion):
     state, metrics = trainer.train_step(state, trainer.put(batches[step % 2]))
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)), losses
-  # The first two steps saw both batches at the initial parameters; the last two see them again.
-  assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), (fusion, losses)
+  # The first two steps saw both batches at the initial parameters, the last two see them again. 0.75
+  # of the start (about ln 12) is below what the label frequencies alone (no input) would reach.
+  assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), (fusion, losses)

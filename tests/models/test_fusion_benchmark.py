@@ -66,8 +66,9 @@ def test_benchmark_writes_json_and_table_and_skips_measured_runs(shapes_dir, tmp
 def test_table_reports_mean_and_half_range_over_seeds():
   records = [
       {"run": "fusion/sum", "seed": s, "accuracy": a, "parameters": 10, "step_seconds_median": 0.01,
+       "user_cpu_seconds": 20.0 + s,
        **{f"accuracy_without/{m}": 0.5 for m in benchmark.MODALITIES}}
       for s, a in enumerate((0.6, 0.8, 0.7))
   ]
   row = benchmark.table(records).splitlines()[2]
-  assert row == "| `fusion/sum` | 3 | 0.700 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 | 10 | 10 |"
+  assert row == "| `fusion/sum` | 3 | 0.700 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 | 10 | 10 | 21 |"
