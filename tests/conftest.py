@@ -100,7 +100,7 @@ def small(data_dir):
 # Tests that start many busy threads or processes of their own (8 simulated devices, two
 # training processes, a notebook kernel): on a 2-core machine they run one after another on one
 # xdist worker rather than starving each other.
-SERIAL_HEAVY = ("test_multidevice.py", "test_multihost.py", "test_optimized.py", "quickstart.ipynb", "vae.ipynb")
+SERIAL_HEAVY = ("test_multidevice.py", "test_multihost.py", "test_optimized.py", "quickstart.ipynb", "vae.ipynb", "fusion.ipynb")
 
 
 def pytest_collection_modifyitems(config, items):
