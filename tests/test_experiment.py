@@ -105,3 +105,23 @@ def test_model_modalities_must_exist_in_the_data():
   config.model.modalities = ("image", "audio")
   with pytest.raises(ConfigError, match=r"model.modalities: 'audio' is not a modality of the data; data modalities: \['image', 'text'\]"):
     experiment.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "fusion,modalities,message",
+    [
+        ("gmu", ("image", "audio", "caption"), r"model.fusion: 'gmu' fuses exactly 2 modalities; model.modalities names 3"),
+        ("cross_modal", ("image",), r"model.fusion: 'cross_modal' fuses at least 2 modalities; model.modalities names 1"),
+        ("multiplicative", ("audio",), r"model.fusion: 'multiplicative' fuses at least 2 modalities"),
+    ],
+)
+def test_a_fusion_given_the_wrong_number_of_modalities_fails_before_data_is_read(fusion, modalities, message, tmp_path):
+  from configs import fusion_shapes
+
+  config = fusion_shapes.get_config()
+  config.data.data_dir = str(tmp_path / "no_data_here")
+  config.model.fusion = fusion
+  config.model.modalities = modalities
+  with pytest.raises(ConfigError, match=message):
+    experiment.validate_config(config)
+  assert not (tmp_path / "no_data_here").exists()

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from mmjax.encoders import layers
 from mmjax.encoders.transformer import TransformerBlock
-from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, check_modality_count, mean_over_present
+from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
 
 
 class CrossAttention(nn.Module):
@@ -71,6 +71,7 @@ class _CrossStreamFusion(Fusion):
   """Per-modality streams updated by cross-attention to the other streams, then self-attention."""
 
   needs_tokens = True
+  modality_count = (2, None)
 
   features: int
   width: int = 64
@@ -89,7 +90,7 @@ class _CrossStreamFusion(Fusion):
     where = type(self).__name__
     check_heads(where, self.width, self.num_heads)
     modalities = self.tokens(inputs, present)
-    check_modality_count(where, [m.name for m in modalities], 2)
+    self.check_modality_count([m.name for m in modalities])
     projected = [nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens) for m in modalities]
     streams = projected
     for layer in range(self.depth):

@@ -248,10 +248,17 @@ class Fusion(nn.Module):
       (``return_tokens=True``) only then.
     outputs_predictions: the output is already combined class log-probabilities (``features`` is the
       number of classes), so a classifier puts no head on it.
+    modality_count: the fewest and the most (None: any number) modalities it fuses; configs are
+      checked against it before any data is read.
   """
 
   needs_tokens: ClassVar[bool] = False
   outputs_predictions: ClassVar[bool] = False
+  modality_count: ClassVar[tuple[int, int | None]] = (1, None)
+
+  def check_modality_count(self, names: list[str]) -> None:
+    """Raises a `ValueError` unless `names` are as many modalities as ``modality_count`` allows."""
+    check_modality_count(type(self).__name__, names, *self.modality_count)
 
   def pooled(self, inputs: FusionInputs, present: Presence) -> list[PooledInput]:
     """`pooled_inputs` for this fusion (its name in errors, its dtype)."""

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion.base import Fusion, FusionInputs, PooledInput, Presence, check_modality_count, masked_softmax
+from mmjax.fusion.base import Fusion, FusionInputs, PooledInput, Presence, masked_softmax
 
 
 def _hidden(modalities: list[PooledInput], features: int, dtype) -> jax.Array:
@@ -45,6 +45,8 @@ class GatedMultimodalUnit(Fusion):
   (2, 4)
   """
 
+  modality_count = (2, 2)
+
   features: int
   dtype: jnp.dtype = jnp.float32
 
@@ -52,7 +54,7 @@ class GatedMultimodalUnit(Fusion):
   def __call__(self, inputs: FusionInputs, present: Presence = None, *, train: bool = False) -> jax.Array:
     del train  # no dropout
     modalities = self.pooled(inputs, present)
-    check_modality_count("GatedMultimodalUnit", [m.name for m in modalities], 2, 2)
+    self.check_modality_count([m.name for m in modalities])
     gate = nn.Dense(self.features, dtype=self.dtype, name="gate")(jnp.concatenate([m.features for m in modalities], -1))
     return _gated_sum(
         _hidden(modalities, self.features, self.dtype),

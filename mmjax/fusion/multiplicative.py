@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion.base import AbsentEmbedding, Fusion, FusionInputs, Presence, check_modality_count
+from mmjax.fusion.base import AbsentEmbedding, Fusion, FusionInputs, Presence
 
 # How much of the linear map the context generates: all of it, its diagonal, or one scale.
 FORMS = ("matrix", "vector", "scalar")
@@ -87,6 +87,8 @@ class MultiplicativeFusion(Fusion):
   (2, 4)
   """
 
+  modality_count = (2, None)
+
   features: int
   form: str = "matrix"
   dtype: jnp.dtype = jnp.float32
@@ -95,7 +97,7 @@ class MultiplicativeFusion(Fusion):
   def __call__(self, inputs: FusionInputs, present: Presence = None, *, train: bool = False) -> jax.Array:
     del train  # no dropout
     modalities = self.pooled(inputs, present)
-    check_modality_count("MultiplicativeFusion", [m.name for m in modalities], 2)
+    self.check_modality_count([m.name for m in modalities])
     filled = [AbsentEmbedding(self.dtype, name=f"{m.name}_absent")(m.features, m.present) for m in modalities]
     fused = filled[0]
     for modality, context in zip(modalities[1:], filled[1:]):

@@ -181,6 +181,7 @@ def config_problems(config) -> list[str]:
   if not config.data.label:
     problems.append("data.label: a classifier needs the class label feature")
   problems.extend(fusion_configs.problems(config.model.fusion, config.model.fusion_options))
+  problems.extend(fusion_configs.modality_count_problems(config.model.fusion, config.model.modalities))
   return problems
 
 

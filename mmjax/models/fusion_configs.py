@@ -91,6 +91,17 @@ def problems(name: str, options: Mapping) -> list[str]:
   return FUSIONS.section_problems("model.fusion_options", {"name": name, **options})
 
 
+def modality_count_problems(name: str, modalities) -> list[str]:
+  """The fusion `name` cannot fuse that many `modalities` (GMU takes two, attention fusions two or more)."""
+  if name not in FUSION_MODULES:
+    return []  # the schema reports an unknown name
+  fewest, most = FUSION_MODULES[name].modality_count
+  if fewest <= len(modalities) and (most is None or len(modalities) <= most):
+    return []
+  wanted = f"exactly {fewest}" if most == fewest else f"at least {fewest}" if most is None else f"{fewest} to {most}"
+  return [f"model.fusion: {name!r} fuses {wanted} modalities; model.modalities names {len(modalities)}: {list(modalities)}"]
+
+
 def build_fusion(name: str, options: Mapping, features: int, dtype: str) -> nn.Module:
   """Fusion `name` with its `options` (``fusion_options``) and output width `features` (for late
   fusion: the number of classes)."""
