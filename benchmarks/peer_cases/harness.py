@@ -1,0 +1,152 @@
+"""What every peer case shares: the mmjax side built on the trainer's step, timing of the two
+sides taking turns, the machine's float32 matmul rate, and achieved FLOP/s from XLA's cost analysis.
+
+A case gives an `MmjaxSide` (a `mmjax.models.base.Model`, its optimizer and a batch) and, unless
+``--quick``, a `TorchSide` (a ``step()`` doing one full update: forward, backward, optimizer).
+"""
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmjax.models.base import Objective
+from mmjax.train import step as step_lib
+from mmjax.train import utilization
+
+
+@dataclasses.dataclass
+class ModuleModel:
+  """A `mmjax.models.base.Model` of one linen module and one loss: what a benchmark trains.
+
+  Attributes:
+    module: the linen module; ``init`` calls it on ``inputs(batch)``.
+    loss: ``loss(params, batch, rng) -> scalar``, the objective (stateless models only).
+    inputs: the module's arguments from a batch.
+  """
+
+  module: Any
+  loss: Callable[[Any, Mapping[str, Any], jax.Array], jax.Array]
+  inputs: Callable[[Mapping[str, Any]], tuple]
+
+  @property
+  def objectives(self) -> tuple[Objective, ...]:
+    def objective_loss(params, model_state, batch, rng, step):
+      del step
+      return self.loss(params, batch, rng), ({}, model_state)
+
+    return (Objective("loss", objective_loss),)
+
+  def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(self.module.init(rng, *self.inputs(batch)))
+
+  def evaluate(self, variables, batches):  # benchmarks never evaluate
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class MmjaxSide:
+  model: ModuleModel
+  optimizer: optax.GradientTransformation
+  batch: Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class TorchSide:
+  step: Callable[[], None]
+  parameters: int
+
+
+def count_parameters(tree) -> int:
+  return int(sum(np.size(leaf) for leaf in jax.tree.leaves(tree)))
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+  """The best float32 ``size × size`` matmul rate of `jax.jit` on the default device (FLOP/s)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+@dataclasses.dataclass
+class CompiledStep:
+  """The trainer's step compiled for one case, with its state."""
+
+  run: Callable[[], None]
+  parameters: int
+  compile_seconds: float
+  flops: float | None
+
+
+def compile_mmjax(side: MmjaxSide, seed: int = 0) -> CompiledStep:
+  """`mmjax.train.step.make_train_step` jitted as the trainer does (state donated), compiled
+  ahead of time; `compile_seconds` is tracing, lowering and compiling of the first step."""
+  optimizers = {objective.name: side.optimizer for objective in side.model.objectives}
+  batch = jax.device_put(side.batch)
+  state = jax.jit(step_lib.make_init(side.model, optimizers, batch))(jax.random.key(seed))
+  train_step = jax.jit(step_lib.make_train_step(side.model, optimizers), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
+  holder = [state]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  return CompiledStep(run, count_parameters(state.params), compile_seconds, utilization.step_flops(compiled))
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+  return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
+
+
+def time_alternately(runs: Mapping[str, Callable[[], None]], steps: int, warmup: int) -> dict[str, dict[str, float]]:
+  """Each side runs `warmup` untimed steps, then `steps` timed steps, the sides taking turns step
+  by step so that a change of machine load touches them alike."""
+  for _ in range(warmup):
+    for run in runs.values():
+      run()
+  times = {name: [] for name in runs}
+  for _ in range(steps):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: _summary(values) for name, values in times.items()}
+
+
+def run_case(mmjax_side: MmjaxSide, torch_side: TorchSide | None, steps: int, warmup: int, matmul_rate: float) -> dict:
+  """Compiles, checks the parameter counts agree, times, and reports one case."""
+  compiled = compile_mmjax(mmjax_side)
+  runs = {"mmjax": compiled.run}
+  if torch_side is not None:
+    if torch_side.parameters != compiled.parameters:
+      raise AssertionError(f"parameter counts differ: mmjax {compiled.parameters}, peer {torch_side.parameters}")
+    runs["peer"] = torch_side.step
+  timings = time_alternately(runs, steps, warmup)
+  result = {
+      "parameters": compiled.parameters,
+      "mmjax": {**timings["mmjax"], "compile_s": compiled.compile_seconds},
+      "step_flops": compiled.flops,
+  }
+  if compiled.flops:
+    rate = compiled.flops / (timings["mmjax"]["median_ms"] / 1e3)
+    result["mmjax"]["gflops_per_s"] = rate / 1e9
+    result["mmjax"]["fraction_of_matmul"] = rate / matmul_rate
+  if torch_side is not None:
+    result["peer"] = timings["peer"]
+    result["speedup"] = timings["peer"]["median_ms"] / timings["mmjax"]["median_ms"]
+  return result
