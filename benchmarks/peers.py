@@ -72,6 +72,24 @@ def machine() -> dict:
   return info
 
 
+def table(report: dict) -> str:
+  """The report as the Markdown table of docs/performance.md."""
+  lines = [
+      "| case | parameters | mmjax ms (median, min–max) | peer ms (median, min–max) | speed-up | CPU ms/step mmjax / peer "
+      "| compile s (wall / CPU) | GFLOP/s | of matmul |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  span = lambda side: f"{side['median_ms']:.1f} ({side['min_ms']:.1f}–{side['max_ms']:.1f})"  # noqa: E731
+  for case, result in report["cases"].items():
+    mmjax, peer = result["mmjax"], result.get("peer")
+    peer_cells = f"{span(peer)} | {result['speedup']:.2f}× | {mmjax['median_cpu_ms']:.0f} / {peer['median_cpu_ms']:.0f}" if peer else (
+        f"— | — | {mmjax['median_cpu_ms']:.0f} / —")
+    lines.append(f"| {case} | {result['parameters']:,} | {span(mmjax)} | {peer_cells} | ")
+    lines[-1] += (f"{mmjax['compile_s']:.1f} / {mmjax['compile_cpu_s']:.1f} | {mmjax.get('gflops_per_s', 0):.1f} | "
+                  f"{100 * mmjax.get('fraction_of_matmul', 0):.0f}% |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
@@ -90,6 +108,8 @@ def main(argv=None) -> dict:
                              "wall": end_cpu.elapsed - start_cpu.elapsed}
   if hasattr(os, "getloadavg"):
     report["machine"]["load_average_at_end"] = os.getloadavg()
+  print(f"float32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s")
+  print(table(report))
   output = args.output or (None if args.quick else RESULTS)
   if output:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

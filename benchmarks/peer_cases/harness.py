@@ -112,23 +112,27 @@ def compile_mmjax(side: MmjaxSide, seed: int = 0) -> CompiledStep:
   return CompiledStep(run, count_parameters(state.params), compile_seconds, compile_cpu_seconds, flops)
 
 
-def _summary(times: list[float]) -> dict[str, float]:
-  return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
+def _summary(times: list[float], cpu_times: list[float]) -> dict[str, float]:
+  return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times),
+          "median_cpu_ms": 1e3 * statistics.median(cpu_times)}
 
 
 def time_alternately(runs: Mapping[str, Callable[[], None]], steps: int, warmup: int) -> dict[str, dict[str, float]]:
   """Each side runs `warmup` untimed steps, then `steps` timed steps, the sides taking turns step
-  by step so that a change of machine load touches them alike."""
+  by step so that a change of machine load touches them alike. Besides wall time, the process CPU
+  time of each step (all threads; a thread spinning while it waits for a core counts too)."""
   for _ in range(warmup):
     for run in runs.values():
       run()
   times = {name: [] for name in runs}
+  cpu_times = {name: [] for name in runs}
   for _ in range(steps):
     for name, run in runs.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       run()
       times[name].append(time.perf_counter() - start)
-  return {name: _summary(values) for name, values in times.items()}
+      cpu_times[name].append(time.process_time() - start_cpu)
+  return {name: _summary(times[name], cpu_times[name]) for name in runs}
 
 
 def run_case(mmjax_side: MmjaxSide, torch_side: TorchSide | None, steps: int, warmup: int, matmul_rate: float) -> dict:
