@@ -23,7 +23,8 @@ from mmjax.train import utilization
 
 @dataclasses.dataclass
 class ModuleModel:
-  """A `mmjax.models.base.Model` of one linen module and one loss: what a benchmark trains.
+  """What the trainer's step needs of a `mmjax.models.base.Model` (objectives and init; benchmarks
+  never evaluate), for one linen module and one loss.
 
   Attributes:
     module: the linen module; ``init`` calls it on ``inputs(batch)``.
@@ -46,12 +47,11 @@ class ModuleModel:
   def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
     return dict(self.module.init(rng, *self.inputs(batch)))
 
-  def evaluate(self, variables, batches):  # benchmarks never evaluate
-    raise NotImplementedError
-
 
 @dataclasses.dataclass
 class MmjaxSide:
+  """A case's mmjax model, its optimizer and the batch every timed step trains on."""
+
   model: ModuleModel
   optimizer: optax.GradientTransformation
   batch: Mapping[str, Any]
@@ -59,6 +59,8 @@ class MmjaxSide:
 
 @dataclasses.dataclass
 class TorchSide:
+  """A case's PyTorch peer: ``step()`` does one full update; `parameters` counts the trained ones."""
+
   step: Callable[[], None]
   parameters: int
 
