@@ -90,13 +90,14 @@ class AdversarialAlignment:
     return dict(self.module.init(rng, {m: batch[m] for m in self.modalities}))
 
   def outputs(self, params, batch: Batch) -> dict[str, jax.Array]:
-    """Embeddings, class logits per modality, the domain logits of both and the valid rows."""
+    """Embeddings, class logits and domain logits per modality, and the valid rows."""
     checks.check_modalities(batch, self.modalities, "AdversarialAlignment batch")
     apply = lambda method, x: self.module.apply({"params": params}, x, method=method)  # noqa: E731
     embeddings = apply(AlignmentModule.embed, {m: batch[m] for m in self.modalities})
     return {
         "embeddings": embeddings,
         "logits": {m: apply(AlignmentModule.classify, e) for m, e in embeddings.items()},
+        "domain": {m: apply(AlignmentModule.domain, e) for m, e in embeddings.items()},
         "valid": {m: batch["present"][m] for m in self.modalities},
     }
 
@@ -121,7 +122,6 @@ class AdversarialAlignment:
     first, second = self.modalities
     per_modality = lambda: {m: [] for m in self.modalities}  # noqa: E731
     rows = {"correct": per_modality(), "domain": [], "embeddings": per_modality(), "labels": per_modality()}
-    domain = jax.jit(lambda e: self.module.apply({"params": params}, e, method=AlignmentModule.domain))
     for batch in batches:
       out = distributed.to_host({**self._outputs(params, batch), "label": batch["label"]})
       for index, m in enumerate(self.modalities):
@@ -129,7 +129,9 @@ class AdversarialAlignment:
         rows["correct"][m].append(np.argmax(out["logits"][m], -1)[keep] == out["label"][keep])
         rows["embeddings"][m].append(out["embeddings"][m][keep])
         rows["labels"][m].append(out["label"][keep])
-        rows["domain"].append((np.asarray(domain(out["embeddings"][m][keep])) > 0) == (index == 0))
+        # Domain logits come from the jitted outputs (whole, static-shape batches): scoring only
+        # the kept rows would compile again for every distinct count of them.
+        rows["domain"].append((out["domain"][m][keep] > 0) == (index == 0))
     metrics = {f"accuracy/{m}": float(np.concatenate(rows["correct"][m]).mean()) for m in self.modalities}
     metrics["alignment/domain_accuracy"] = float(np.concatenate(rows["domain"]).mean())
     embeddings = {m: np.concatenate(rows["embeddings"][m]) for m in self.modalities}

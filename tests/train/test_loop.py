@@ -1,6 +1,7 @@
 """The training loop end to end on mm_digits: learning, resuming, logging, compiling once."""
 
 import glob
+import importlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from mmjax import experiment
 from mmjax.train import loop
 from mmjax.train.metric_writers import WALL_CLOCK_KEYS
+from tests.conftest import small_config
 
 
 def _read_metrics(workdir):
@@ -111,10 +113,68 @@ def test_restart_of_a_finished_run_changes_nothing(small, tmp_path):
   assert [r["step"] for r in _read_metrics(tmp_path)] == [3, 6]
 
 
-def test_step_and_evaluation_compile_once(small, tmp_path, monkeypatch):
+def _tiny_classifier(data_dir, **train):
+  """configs/fusion_shapes.py shrunk onto mm_digits: image and caption encoders, tensor fusion."""
+  from configs import fusion_shapes
+  from mmjax.data.input_pipeline import modality
+  from mmjax.models.encoder_configs import encoder_section
+
+  config = fusion_shapes.get_config()
+  config.data.update(name="mm_digits", data_dir=data_dir, batch_size=32)
+  config.data.modalities = dict(  # replaces (update would merge)
+      image=modality("image", "image"), caption=modality("caption", "text", tokenizer="word", length=16)
+  )
+  config.model.update(modalities=("image", "caption"), features=8, fusion="tensor")
+  config.model.encoders = dict(
+      image=encoder_section("image", "conv", conv=dict(channels=(8,), strides=(2,))),
+      caption=encoder_section("text", "gru", gru=dict(width=8)),
+  )
+  config.optimizer.warmup_steps = 2
+  config.train.update(dict(log_every=2, eval_batch_size=128, progress_bar=False, **train))
+  return config
+
+
+def _tiny(module: str):
+  """A family's tiny test config (``tests/models/<module>.py``) with the run's `train` settings."""
+
+  def config(data_dir, **train):
+    tiny = importlib.import_module(f"tests.models.{module}").tiny_config(data_dir)
+    tiny.optimizer.warmup_steps = 1
+    tiny.train.update(dict(log_every=2, progress_bar=False, **train))
+    return tiny
+
+  return config
+
+
+# Every model family: a regression that recompiles the step or the evaluation fails here.
+FAMILY_CONFIGS = {
+    "contrastive": small_config,
+    "classifier": _tiny_classifier,
+    "cycle": _tiny("test_cycle"),
+    "adversarial_alignment": _tiny("test_adversarial_alignment"),
+}
+# Families checked by their own tests (they need their reference classifiers trained first).
+CHECKED_ELSEWHERE = {
+    "gan": "tests/models/test_gan.py",
+    "mvae": "tests/models/test_mvae.py",
+    "mmvae": "tests/models/test_mmvae.py",
+    "mopoe": "tests/models/test_mopoe.py",
+}
+
+
+def test_every_family_is_checked_for_recompilation():
+  from mmjax.models import FAMILIES
+
+  assert set(FAMILY_CONFIGS) | set(CHECKED_ELSEWHERE) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_step_and_evaluation_compile_once(family, data_dir, tmp_path, monkeypatch):
   from tests import compilations
 
-  compilations.assert_compiles_once(small(num_steps=6, eval_every=2, checkpoint_every=100), str(tmp_path), monkeypatch)
+  config = FAMILY_CONFIGS[family](data_dir, num_steps=6, eval_every=2, checkpoint_every=100)
+  assert config.model.name == family
+  compilations.assert_compiles_once(config, str(tmp_path), monkeypatch)
 
 
 def test_unwritable_workdir_fails_before_training(small, tmp_path):

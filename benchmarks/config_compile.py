@@ -1,0 +1,71 @@
+"""First-step compilation time of every ``configs/*`` run (issue 12 target: ≤ 3 s each).
+
+Each config trains 2 steps through `mmjax.experiment.train` (no checkpoints, no periodic
+evaluation) while a `jax.monitoring` listener records XLA's backend compilation events; the
+report gives, per config, the compile time of the train step (``jit(train_step)``) and of
+everything compiled for the run (initialisation, evaluation, …). Compilation is mostly
+single-threaded, but on a loaded machine its wall time still grows with the load: the load
+average is recorded alongside.
+
+Usage::
+
+  MMJAX_DATA_DIR=/tmp/data python -m benchmarks.config_compile [--configs clip_digits fusion_shapes]
+"""
+
+import argparse
+import collections
+import glob
+import importlib
+import json
+import os
+import sys
+import tempfile
+
+import jax
+from jax._src import dispatch  # the event name of a backend compilation
+
+from mmjax import experiment
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def measure(name: str, data_dir: str) -> dict:
+  """Compile seconds by function name for a 2-step run of ``configs/<name>.py``."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.data.data_dir = data_dir
+  config.train.update(num_steps=2, log_every=1, eval_every=None, checkpoint_every=1000, progress_bar=False)
+  config.optimizer.warmup_steps = 1  # must stay below num_steps
+  durations = collections.defaultdict(float)
+
+  def listen(event, duration, **metadata):
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      durations[metadata.get("fun_name", "?")] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      experiment.train(config, workdir)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  return {"train_step_s": durations.get("jit(train_step)"), "all_compilation_s": sum(durations.values()),
+          "by_function_s": dict(sorted(durations.items(), key=lambda kv: -kv[1]))}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS)
+  parser.add_argument("--data-dir", default=os.environ.get("MMJAX_DATA_DIR", ""))
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "config_compile.json"))
+  args = parser.parse_args(argv)
+  report = {"load_average_at_start": os.getloadavg(), "configs": {}}
+  for name in args.configs:
+    report["configs"][name] = measure(name, args.data_dir)
+    print(name, json.dumps(report["configs"][name]), flush=True)
+  report["load_average_at_end"] = os.getloadavg()
+  with open(args.output, "w") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

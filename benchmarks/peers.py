@@ -1,0 +1,122 @@
+"""mmjax against the PyTorch models users would otherwise pick: same architecture, batch and
+optimizer, timed in one process, the two sides taking turns step by step (issue 12).
+
+For each case (`benchmarks.peer_cases`) it reports per side the median, min and max step time,
+the speed-up (peer time / mmjax time), the parameter count (asserted equal on both sides), the
+mmjax step's first compilation time, and its achieved FLOP/s (XLA's cost analysis of the compiled
+step over the median step time) as a fraction of the float32 matmul rate measured in the same run.
+The PyTorch sides need the ``bench`` extra (torch, open-clip-torch, multivae).
+
+Usage::
+
+  python -m benchmarks.peers                        # every case, both sides; writes the JSON
+  python -m benchmarks.peers --cases clip_mini --steps 10
+  python -m benchmarks.peers --quick                # mmjax side only, tiny sizes (the CI smoke test)
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+
+import jax
+
+from benchmarks.peer_cases import harness
+
+CASES = ("clip_mini", "mvae", "mmvae", "fusion_tensor", "fusion_attention")
+# Modules by case: a module may give several cases (``variant`` selects).
+MODULES = {
+    "clip_mini": ("clip_mini", None),
+    "mvae": ("vae", "mvae"),
+    "mmvae": ("vae", "mmvae"),
+    "fusion_tensor": ("fusion", "tensor"),
+    "fusion_attention": ("fusion", "attention"),
+}
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "peers.json")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side after compilation")
+  parser.add_argument("--quick", action="store_true", help="mmjax side only, tiny sizes, 2 steps; writes nothing unless --output")
+  parser.add_argument("--output", default=None, help=f"JSON path (default without --quick: {RESULTS})")
+  return parser.parse_args(argv)
+
+
+def case_sides(case: str, quick: bool):
+  """``(MmjaxSide, TorchSide or None)`` of one case."""
+  module_name, variant = MODULES[case]
+  module = importlib.import_module(f"benchmarks.peer_cases.{module_name}")
+  extra = {} if variant is None else {"variant": variant}
+  mmjax_side = module.mmjax_side(quick=quick, **extra)
+  return mmjax_side, None if quick else module.torch_side(**extra)
+
+
+def machine() -> dict:
+  info = {"platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
+          "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count()}
+  if hasattr(os, "getloadavg"):
+    info["load_average_at_start"] = os.getloadavg()
+  try:
+    import torch
+
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+  except ImportError:
+    pass
+  return info
+
+
+def table(report: dict) -> str:
+  """The report as the Markdown table of docs/performance.md."""
+  lines = [
+      "| case | parameters | mmjax ms (median, min–max) | peer ms (median, min–max) | speed-up | CPU ms/step mmjax / peer "
+      "| compile s (wall / CPU) | GFLOP/s | of matmul |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  span = lambda side: f"{side['median_ms']:.1f} ({side['min_ms']:.1f}–{side['max_ms']:.1f})"  # noqa: E731
+  for case, result in report["cases"].items():
+    mmjax, peer = result["mmjax"], result.get("peer")
+    peer_cells = f"{span(peer)} | {result['speedup']:.2f}× | {mmjax['median_cpu_ms']:.0f} / {peer['median_cpu_ms']:.0f}" if peer else (
+        f"— | — | {mmjax['median_cpu_ms']:.0f} / —")
+    lines.append(f"| {case} | {result['parameters']:,} | {span(mmjax)} | {peer_cells} | ")
+    lines[-1] += (f"{mmjax['compile_s']:.1f} / {mmjax['compile_cpu_s']:.1f} | {mmjax.get('gflops_per_s', 0):.1f} | "
+                  f"{100 * mmjax.get('fraction_of_matmul', 0):.0f}% |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+  report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "steps": steps, "warmup": warmup, "quick": args.quick}
+  start_cpu = os.times()
+  report["matmul_gflops_per_s"] = harness.matmul_flops_per_second(256 if args.quick else 1024) / 1e9
+  report["cases"] = {}
+  for case in args.cases:
+    mmjax_side, torch_side = case_sides(case, args.quick)
+    result = harness.run_case(mmjax_side, torch_side, steps, warmup, report["matmul_gflops_per_s"] * 1e9)
+    report["cases"][case] = result
+    print(case, json.dumps(result), flush=True)
+  end_cpu = os.times()
+  report["process_cpu_s"] = {"user": end_cpu.user - start_cpu.user, "system": end_cpu.system - start_cpu.system,
+                             "wall": end_cpu.elapsed - start_cpu.elapsed}
+  if hasattr(os, "getloadavg"):
+    report["machine"]["load_average_at_end"] = os.getloadavg()
+  print(f"float32 matmul: {report['matmul_gflops_per_s']:.1f} GFLOP/s")
+  print(table(report))
+  output = args.output or (None if args.quick else RESULTS)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
