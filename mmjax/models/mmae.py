@@ -43,7 +43,7 @@ class MMAEModule(vae_common.VAEModule):
     fusion: a pooled fusion (`mmjax.fusion` contract) of width ``latent_size``.
   """
 
-  fusion: nn.Module | None = None
+  fusion: nn.Module
   outputs_per_latent = 1
 
   def fuse(self, embeddings: jax.Array, present: jax.Array) -> jax.Array:
