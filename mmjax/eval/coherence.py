@@ -93,7 +93,8 @@ def evaluate_generative(model, variables, batches: Iterable, key: jax.Array) -> 
   Args:
     model: the family; its jitted ``_evaluation(variables, batch, key)`` gives every modality
       generated from each modality alone (``alone``), reconstructions, reconstruction errors and
-      the IWAE ``log_likelihood``; ``_prior_samples(variables, n, key)`` decodes prior samples.
+      the IWAE ``log_likelihood``; ``_prior_samples(variables, n, key)`` decodes prior samples
+      (when ``has_prior``: no joint coherence and prior grids otherwise).
     variables: the model's variables.
     batches: the evaluation split (padding rows have no modality present).
     key: PRNG key of the evaluation (fixed: evaluations are repeatable).
@@ -134,11 +135,13 @@ def evaluate_generative(model, variables, batches: Iterable, key: jax.Array) -> 
             if source != m:
               images[f"images/{source}->{m}"] = _grid(model, m, outputs["alone"][source][m])
   metrics = {name: float(np.mean(np.concatenate(values))) for name, values in {**totals, **correct}.items()}
-  samples = distributed.to_host(model._prior_samples(variables, model.config.eval_prior_samples, sample_key))
-  for m in modalities:
-    if model.specs[m].kind == "image":
-      images[f"images/prior/{m}"] = _grid(model, m, samples[m])
+  if model.has_prior:
+    samples = distributed.to_host(model._prior_samples(variables, model.config.eval_prior_samples, sample_key))
+    for m in modalities:
+      if model.specs[m].kind == "image":
+        images[f"images/prior/{m}"] = _grid(model, m, samples[m])
+    if references is not None:
+      metrics["coherence/joint"] = joint_coherence({m: np.asarray(references.predict(m, samples[m])) for m in modalities})
   if references is not None:
-    metrics["coherence/joint"] = joint_coherence({m: np.asarray(references.predict(m, samples[m])) for m in modalities})
     metrics.update({f"classifier_accuracy/{m}": references.accuracy(m) for m in modalities})
   return {**metrics, "num_examples": count, **images}

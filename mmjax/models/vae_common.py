@@ -92,6 +92,10 @@ class VAEModule(nn.Module):
     input_shapes: per-example shape of every modality; inputs are checked against it.
   """
 
+  # Head outputs per latent dimension: a posterior's location and scale (a deterministic
+  # autoencoder's subclass has one).
+  outputs_per_latent = 2
+
   encoders: Mapping[str, nn.Module]
   decoders: Mapping[str, nn.Module]
   latent_size: int
@@ -99,7 +103,7 @@ class VAEModule(nn.Module):
   input_shapes: Mapping[str, tuple[int, ...]]
 
   def setup(self):
-    self.heads = {m: nn.Dense(2 * self.latent_size, name=f"posterior_{m}") for m in sorted(self.encoders)}
+    self.heads = {m: nn.Dense(self.outputs_per_latent * self.latent_size, name=f"posterior_{m}") for m in sorted(self.encoders)}
     self.learned = {
         m: self.param(f"log_scale_{m}", nn.initializers.constant(value), ())
         for m, (value, learned) in self.log_scales.items() if learned
@@ -168,6 +172,10 @@ class MultimodalVAE:
     references: the reference classifiers of the judged modalities (None: no coherence).
   """
 
+  module_class: type[VAEModule] = VAEModule
+  # Whether `sample` draws from a prior (evaluation's joint coherence needs one).
+  has_prior = True
+
   def __init__(self, config, spec: DataSpec, references=None):
     self.config = config
     self.modalities = tuple(sorted(config.modalities))
@@ -176,7 +184,7 @@ class MultimodalVAE:
     self.likelihoods = {m: dict(config.likelihoods[m]) for m in self.modalities}
     self.weights = {m: float(self.likelihoods[m]["weight"]) for m in self.modalities}
     self.references = references
-    self.module = VAEModule(
+    self.module = self.module_class(
         encoders={m: encoder_configs.build_encoder(config.encoders[m], self.specs[m], m, config.features, config.dtype, config.remat)
                   for m in self.modalities},
         decoders={m: decoder_configs.build_decoder(config.decoders[m], self.specs[m], m, config.dtype, config.remat)
@@ -185,12 +193,17 @@ class MultimodalVAE:
         log_scales={m: (math.log(s["scale"]), bool(s["learn_scale"])) for m, s in self.likelihoods.items()
                     if s["name"] in ("gaussian", "laplace")},
         input_shapes={m: tuple(self.specs[m].shape) for m in self.modalities},
+        **self.module_fields(),
     )
     self.objectives = (Objective("elbo", self.loss),)
     self._evaluation = jax.jit(self._evaluation_outputs)
     self._prior_samples = jax.jit(self.sample, static_argnums=1)
 
   # -- pieces the families combine ---------------------------------------------------------------
+
+  def module_fields(self) -> dict:
+    """Fields of `module_class` beyond `VAEModule`'s (none here)."""
+    return {}
 
   def inputs(self, batch: Batch) -> tuple[dict, jax.Array]:
     """The modalities of `batch` and their presence ``bool[M, B]`` in sorted order."""
@@ -261,7 +274,7 @@ class MultimodalVAE:
 
   # -- evaluation ---------------------------------------------------------------------------------
 
-  def _iwae(self, params, inputs, present, key) -> jax.Array:
+  def _log_likelihood(self, params, inputs, present, key) -> jax.Array:
     """``[B]`` IWAE estimate of the unweighted ``log p(x)`` of the present modalities."""
     config = self.config
 
@@ -288,7 +301,7 @@ class MultimodalVAE:
     reconstruction = self._generate(params, batch, keys[-2])
     errors = {m: coherence.reconstruction_error(reconstruction[m], inputs[m]) for m in self.modalities}
     return {"alone": alone, "reconstruction": reconstruction, "errors": errors,
-            "log_likelihood": self._iwae(params, inputs, present, keys[-1])}
+            "log_likelihood": self._log_likelihood(params, inputs, present, keys[-1])}
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict:
     """Coherences, IWAE log-likelihood, reconstruction errors and image grids (`mmjax.eval.coherence`)."""
@@ -298,11 +311,16 @@ class MultimodalVAE:
 # -- config ---------------------------------------------------------------------------------------
 
 
-def config_schema(config, **family_fields: Field) -> dict:
-  """The ``model`` section's schema shared by the VAE families, plus the family's own fields."""
+# The fields of a variational family only: posterior, KL weighting, IWAE and prior samples.
+VARIATIONAL_FIELDS = ("posterior", "beta", "kl_warmup_steps", "eval_samples", "eval_chunk_size", "eval_prior_samples")
+
+
+def config_schema(config, *, variational: bool = True, **family_fields: Field) -> dict:
+  """The ``model`` section's schema shared by the VAE families (without `VARIATIONAL_FIELDS`
+  unless `variational`), plus the family's own fields."""
   kinds = {name: section.get("kind") for name, section in config.data.modalities.items()}
   model = config.model
-  return {
+  schema = {
       "name": Field(str),
       "modalities": Field((tuple, list), items=str),
       "features": Field(int, low=1),
@@ -326,9 +344,10 @@ def config_schema(config, **family_fields: Field) -> dict:
       "remat": Field(bool),
       **family_fields,
   }
+  return schema if variational else {key: value for key, value in schema.items() if key not in VARIATIONAL_FIELDS}
 
 
-def config_problems(config, *, gaussian_only: bool = False) -> list[str]:
+def config_problems(config, *, gaussian_only: bool = False, variational: bool = True) -> list[str]:
   """Problems shared by the families: modalities against the data, a decoder and a likelihood for
   each, evaluation chunking, and (for products of experts) a Gaussian posterior."""
   model = config.model
@@ -342,7 +361,7 @@ def config_problems(config, *, gaussian_only: bool = False) -> list[str]:
     for section in ("decoders", "likelihoods"):
       if m not in model[section]:
         problems.append(f"model.{section}: no section for modality {m!r}")
-  if model.eval_samples % model.eval_chunk_size:
+  if variational and model.eval_samples % model.eval_chunk_size:
     problems.append(f"model.eval_samples ({model.eval_samples}) must be a multiple of model.eval_chunk_size ({model.eval_chunk_size})")
   if gaussian_only and model.posterior != "gaussian":
     problems.append(f"model.posterior: a product of experts needs 'gaussian', got {model.posterior!r}")

@@ -41,7 +41,7 @@ class _References:
     return 0.5 if modality == "image" else 1.0
 
 
-def _model():
+def _model(has_prior: bool = True):
   """Image from label: right for classes < 5, wrong above; label from image: always 0."""
 
   def evaluation(variables, batch, key):
@@ -57,18 +57,21 @@ def _model():
     return {"image": jnp.zeros((num, 2, 2, 1)), "label": jnp.arange(num) % 2}
 
   return types.SimpleNamespace(
-      modalities=("image", "label"), references=_References(), _evaluation=evaluation, _prior_samples=prior_samples,
+      modalities=("image", "label"), references=_References(), _evaluation=evaluation, _prior_samples=prior_samples, has_prior=has_prior,
       config=types.SimpleNamespace(eval_prior_samples=10), specs={"image": types.SimpleNamespace(kind="image"), "label": types.SimpleNamespace(kind="label")},
       likelihoods={"image": {"name": "bernoulli", "link": "identity"}, "label": {"name": "categorical", "link": "identity"}},
   )
 
 
-def test_evaluate_generative_against_hand_computed_coherences():
+def _batch():
   labels = np.arange(10, dtype=np.int32)
   present = np.arange(10) < 8  # the last two rows are padding
-  batch = {"image": jnp.zeros((10, 2, 2, 1)), "label": jnp.asarray(labels),
-           "present": {"image": jnp.asarray(present), "label": jnp.asarray(present)}}
-  metrics = coherence.evaluate_generative(_model(), {}, [batch], jax.random.key(0))
+  return {"image": jnp.zeros((10, 2, 2, 1)), "label": jnp.asarray(labels),
+          "present": {"image": jnp.asarray(present), "label": jnp.asarray(present)}}
+
+
+def test_evaluate_generative_against_hand_computed_coherences():
+  metrics = coherence.evaluate_generative(_model(), {}, [_batch()], jax.random.key(0))
   assert metrics["coherence/label->image"] == pytest.approx(5 / 8)  # classes 0-4 of the 8 real rows
   assert metrics["coherence/image->label"] == pytest.approx(1 / 8)  # only class 0
   assert metrics["coherence/joint"] == pytest.approx(0.5)  # image class 0 vs labels 0, 1, 0, 1, …
@@ -76,3 +79,9 @@ def test_evaluate_generative_against_hand_computed_coherences():
   assert metrics["log_likelihood"] == -1.0
   for key in ("images/reconstruction/image", "images/label->image", "images/prior/image"):
     assert metrics[key].dtype == np.uint8 and metrics[key].ndim == 3
+
+
+def test_evaluate_generative_without_a_prior_has_no_joint_coherence():
+  metrics = coherence.evaluate_generative(_model(has_prior=False), {}, [_batch()], jax.random.key(0))
+  assert metrics["coherence/label->image"] == pytest.approx(5 / 8) and metrics["classifier_accuracy/image"] == 0.5
+  assert "coherence/joint" not in metrics and "images/prior/image" not in metrics

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import mmvae_digits, mopoe_digits, mvae_digits
+from configs import mmae_digits, mmvae_digits, mopoe_digits, mvae_digits
 from mmjax import experiment
 from tests.compilations import assert_compiles_once
 
-CONFIGS = {"mvae": mvae_digits, "mmvae": mmvae_digits, "mopoe": mopoe_digits}
+CONFIGS = {"mmae": mmae_digits, "mvae": mvae_digits, "mmvae": mmvae_digits, "mopoe": mopoe_digits}
 
 
 def tiny_config(family: str, data_dir: str, **train):
@@ -17,7 +17,9 @@ def tiny_config(family: str, data_dir: str, **train):
   config = CONFIGS[family].get_config()
   config.data.update(data_dir=data_dir, batch_size=16)
   model = config.model
-  model.update(features=16, latent_size=4, eval_samples=4, eval_chunk_size=2, eval_prior_samples=128)  # the eval batch size: the judges compile once
+  model.update(features=16, latent_size=4)
+  if "eval_samples" in model:  # the variational families
+    model.update(eval_samples=4, eval_chunk_size=2, eval_prior_samples=128)  # the eval batch size: the judges compile once
   model.encoders.image.mlp.width = 16
   model.encoders.label.embedding.width = 16
   model.decoders.image.mlp.update(width=16, depth=1)
