@@ -71,6 +71,7 @@ class MMAE(vae_common.MultimodalVAE):
 
   module_class = MMAEModule
   has_prior = False
+  objective = "reconstruction"
 
   def module_fields(self) -> dict:
     config = self.config
@@ -155,7 +156,7 @@ def config_problems(config) -> list[str]:
 FAMILY = Family(
     build=lambda config, data, references: MMAE(config, data.spec, references),
     config_schema=config_schema,
-    objectives=lambda config: ("elbo",),
+    objectives=lambda config: (MMAE.objective,),
     config_problems=config_problems,
     judged=vae_common.judged,
 )

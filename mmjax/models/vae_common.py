@@ -175,6 +175,8 @@ class MultimodalVAE:
   module_class: type[VAEModule] = VAEModule
   # Whether `sample` draws from a prior (evaluation's joint coherence needs one).
   has_prior = True
+  # The name of the one objective (what `optimizer.per_objective` may name).
+  objective = "elbo"
 
   def __init__(self, config, spec: DataSpec, references=None):
     self.config = config
@@ -195,7 +197,7 @@ class MultimodalVAE:
         input_shapes={m: tuple(self.specs[m].shape) for m in self.modalities},
         **self.module_fields(),
     )
-    self.objectives = (Objective("elbo", self.loss),)
+    self.objectives = (Objective(self.objective, self.loss),)
     self._evaluation = jax.jit(self._evaluation_outputs)
     self._prior_samples = jax.jit(self.sample, static_argnums=1)
 
