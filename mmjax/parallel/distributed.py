@@ -20,6 +20,7 @@ config field            environment variable            meaning
 """
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -68,6 +69,12 @@ def initialize(config) -> bool:
     # TPUs bring their own and ignore this.
     jax.config.update("jax_cpu_collectives_implementation", config.cpu_collectives)
     jax.distributed.initialize(**arguments)
+    # One line per process: the first thing to check when a launch hangs or runs alone.
+    print(
+        f"mmjax: process {jax.process_index()} of {jax.process_count()} joined the run "
+        f"({jax.local_device_count()} of {jax.device_count()} devices here)",
+        file=sys.stderr,
+    )
   return True
 
 

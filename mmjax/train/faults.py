@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from absl import logging
 
 NONFINITE_POLICIES = ("halt", "skip")
@@ -51,14 +52,16 @@ class StopSignals:
   """Within ``with``: the first SIGTERM or SIGINT asks the loop to stop after the current step.
 
   A second SIGINT (Ctrl-C twice) interrupts at once. In multi-process runs every process must stop
-  at the same step, so `requested` consults JAX's preemption sync point, which the coordination
-  service triggers on all processes when any of them is preempted.
+  at the same step, or the others would wait forever in the next step's collectives; a signal
+  often reaches only one of them (a preempted host), so `requested` shares what each process
+  received with all the others at every step.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.received: str | None = None
+    self._received_number = 0
     self._previous = {}
 
   def __enter__(self) -> "StopSignals":
@@ -78,14 +81,27 @@ class StopSignals:
     if self.received is not None and number == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signal.Signals(number).name
+    self._received_number = number
     logging.warning("%s received: stopping after the current step", self.received)
 
   def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
+    """Whether to stop after `step`: the same answer on every process of the run.
 
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.received = self.received or "preemption notice"
-        return True
+    Every process must call it at every step (it is a collective in multi-process runs). When
+    some did receive a signal, `received` names the first of them on all, e.g. ``"SIGTERM to
+    process 1"``.
+    """
+    if jax.process_count() == 1:
+      return self.received is not None
+    # Asked at every step by every process, one all-gather of each one's signal (0: none) gives
+    # all of them the same answer at the same step. JAX's preemption sync point cannot serve:
+    # its SIGTERM listener is the C handler that our Python handler replaces.
+    from jax.experimental import multihost_utils
+
+    numbers = multihost_utils.process_allgather(np.array([self._received_number], np.int32), tiled=True)
+    senders = np.flatnonzero(numbers)
+    if senders.size == 0:
       return False
-    return self.received is not None
+    first = int(senders[0])
+    self.received = f"{signal.Signals(int(numbers[first])).name} to process {first}"
+    return True

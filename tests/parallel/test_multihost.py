@@ -1,12 +1,15 @@
-"""A real two-process run on 127.0.0.1 (CPU collectives over gloo) equals a one-process run.
+"""Real two-process runs on 127.0.0.1 (CPU collectives over gloo).
 
-Both runs use 4 devices: one process with 4 simulated devices, or two processes with 2 each. Each
-process reads only its rows of every global batch, so equal losses show the global batch, the
-collectives, the collective checkpoint and the single log writer are right.
+A two-process run equals a one-process run: both use 4 devices, one process with 4 simulated
+devices or two processes with 2 each. Each process reads only its rows of every global batch, so
+equal losses show the global batch, the collectives, the collective checkpoint and the single log
+writer are right. And two `mmjax train` processes started through the MMJAX_* variables alone form
+one run, which stops as one when only one of them is sent SIGTERM.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 
 from mmjax import experiment
+from tests.training_processes import cpu_environment, start_cli_training, wait_for_step
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 
@@ -27,12 +31,8 @@ def _free_port() -> int:
 
 
 def _start(devices, *args):
-  inherited = os.environ.get("XLA_FLAGS", "").split()
-  flags = " ".join(f for f in inherited if not f.startswith("--xla_force_host_platform_device_count"))
-  env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-  env.pop("MMJAX_TEST_DEVICES", None)
   return subprocess.Popen(
-      [sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      [sys.executable, WORKER, *args], env=cpu_environment(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
   )
 
 
@@ -70,3 +70,61 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["3", "6"]
   for a, b in zip(jax.tree.leaves(jax.device_get(single_state)), jax.tree.leaves(jax.device_get(multi_state))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+
+
+def _start_through_the_environment(data_dir, workdir, *overrides):
+  """`mmjax train` as two processes that know of each other only through the MMJAX_* variables
+  (the config's ``distributed`` section is left as it is: off)."""
+  address = f"127.0.0.1:{_free_port()}"
+  return [
+      start_cli_training(
+          data_dir, workdir, *overrides,
+          env=cpu_environment(2, MMJAX_COORDINATOR_ADDRESS=address, MMJAX_NUM_PROCESSES="2", MMJAX_PROCESS_ID=str(i)),
+      )
+      for i in range(2)
+  ]
+
+
+def _outputs(processes, timeout=120):
+  """Each process's (exit status, stdout, stderr); a process still running after `timeout` is
+  killed, and reported by its status -9."""
+  outputs = []
+  for process in processes:
+    try:
+      out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      out, err = process.communicate()
+    outputs.append((process.returncode, out, err))
+  return outputs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  processes = _start_through_the_environment(data_dir, workdir)
+  wait_for_step(workdir, 3, processes[0])  # process 0 writes the logs
+  processes[1].send_signal(signal.SIGTERM)  # the other one alone is preempted
+  outputs = _outputs(processes)
+
+  logged = _records(workdir)
+  stopped_at = logged[-1]["step"]
+  for index, (status, _, err) in enumerate(outputs):
+    assert f"mmjax: process {index} of 2 joined" in err, err[-3000:]
+    assert status == 75, (index, err[-3000:])
+    assert f"stopped by SIGTERM to process 1 after step {stopped_at}; checkpoint {stopped_at} saved" in err, err[-3000:]
+    assert "Traceback" not in err
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stopped_at)]
+  assert [r["step"] for r in logged] == list(range(1, stopped_at + 1))
+
+  # Both go on from that checkpoint: the lines logged before it are kept as they were (their
+  # wall-clock fields included), and the two processes end with one evaluation.
+  outputs = _outputs(_start_through_the_environment(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}"))
+  for status, _, err in outputs:
+    assert status == 0, err[-3000:]
+  resumed = _records(workdir)
+  assert resumed[:stopped_at] == logged
+  assert [r["step"] for r in resumed] == list(range(1, stopped_at + 3))
+  # The CLI prints the evaluation last, after gloo's connection messages.
+  evaluations = [json.loads(out[out.index("{\n"):]) for _, out, _ in outputs]
+  assert evaluations[0] == evaluations[1] and evaluations[0]["step"] == stopped_at + 2

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -14,9 +13,9 @@ import pytest
 
 from mmjax import experiment
 from mmjax.train.metric_writers import WALL_CLOCK_KEYS
+from tests.training_processes import start_cli_training, wait_for_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 pytestmark = pytest.mark.slow
 
 # One run, killed at each of these points in turn and restarted on the same workdir each time
@@ -76,37 +75,11 @@ def test_sigkill_at_five_points_loses_nothing(data_dir, tmp_path):
     assert json.load(a) == json.load(b)
 
 
-def _cli(data_dir, workdir, *overrides):
-  small = [
-      "--config.data.batch_size=32", "--config.model.embed_dim=16", "--config.model.encoders.text.gru.width=16",
-      "--config.model.encoders.image.conv.channels=(8,16)", "--config.model.encoders.image.conv.strides=(1,2)",
-      "--config.optimizer.warmup_steps=2", "--config.train.log_every=1", "--config.train.eval_every=1000",
-      "--config.train.checkpoint_every=100", "--config.train.eval_batch_size=128", "--config.train.num_steps=2000",
-  ]
-  return subprocess.Popen(
-      [sys.executable, "-m", "mmjax.cli", "train", "--config", "configs/clip_digits.py", "--workdir", workdir, *small, *overrides],
-      cwd=ROOT, env={**os.environ, "MMJAX_DATA_DIR": data_dir}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-  )
-
-
-def _wait_for_step(workdir, step, process, timeout=300):
-  path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    if os.path.exists(path):
-      with open(path) as f:
-        if sum(1 for _ in f) >= step:
-          return
-    time.sleep(0.2)
-  raise TimeoutError(f"no step {step} in {timeout} s")
-
-
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_and_exit_cleanly(data_dir, tmp_path, signal_number):
   workdir = str(tmp_path / "run")
-  process = _cli(data_dir, workdir)
-  _wait_for_step(workdir, 3, process)
+  process = start_cli_training(data_dir, workdir)
+  wait_for_step(workdir, 3, process)
   process.send_signal(signal_number)
   _, stderr = process.communicate(timeout=300)
 
@@ -121,7 +94,7 @@ def test_sigterm_and_sigint_save_and_exit_cleanly(data_dir, tmp_path, signal_num
   if signal_number == signal.SIGINT:
     return  # resuming is the same for both signals; once is enough
   # The run goes on from there: the next start resumes at the saved step.
-  resumed = _cli(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}")
+  resumed = start_cli_training(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}")
   _, stderr = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, stderr[-3000:]
   assert [r["step"] for r in _records(workdir)] == list(range(1, stopped_at + 3))
