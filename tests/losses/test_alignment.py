@@ -1,9 +1,11 @@
 """Cycle consistency, gradient reversal and domain-adversarial alignment against independent references."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy.special import log_expit
 
 from mmjax import losses
@@ -62,15 +64,39 @@ def cycle_reference(a, a_cycled, b, b_cycled, power):
   return direction(a, a_cycled) + direction(b, b_cycled)
 
 
-@pytest.mark.parametrize("distance,power", [("l1", 1), ("l2", 2)])
-def test_cycle_consistency_matches_reference_on_unpaired_batches(distance, power):
-  a, b = _normal(5, (4, 3, 3, 2)), _normal(6, (6, 5))
-  a_cycled, b_cycled = a + _normal(7, a.shape), b + 0.1 * _normal(8, b.shape)
-  got = jax.jit(lambda *x: losses.cycle_consistency_loss(*x, distance=distance))(
-      *map(jnp.float32, (a, a_cycled, b, b_cycled))
-  )
-  np.testing.assert_allclose(got, cycle_reference(a, a_cycled, b, b_cycled, power), rtol=1e-5)
-  assert float(losses.cycle_consistency_loss(jnp.float32(a), jnp.float32(a), jnp.float32(b), jnp.float32(b))) == 0.0
+class AgainstReferenceTest(chex.TestCase):
+  """Values and gradients against the float64 references, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(("l1", 1), ("l2", 2))
+  def test_cycle_consistency_matches_reference_on_unpaired_batches(self, distance, power):
+    a, b = _normal(5, (4, 3, 3, 2)), _normal(6, (6, 5))
+    a_cycled, b_cycled = a + _normal(7, a.shape), b + 0.1 * _normal(8, b.shape)
+    got = self.variant(lambda *x: losses.cycle_consistency_loss(*x, distance=distance))(
+        *map(jnp.float32, (a, a_cycled, b, b_cycled))
+    )
+    np.testing.assert_allclose(got, cycle_reference(a, a_cycled, b, b_cycled, power), rtol=1e-5)
+    assert float(losses.cycle_consistency_loss(jnp.float32(a), jnp.float32(a), jnp.float32(b), jnp.float32(b))) == 0.0
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_domain_adversarial_value_matches_numpy(self):
+    encoders, classifier = _params(0)
+    first, second = (np.asarray(e, np.float64) for e in _encode(encoders))
+    hidden, out, bias = (np.asarray(classifier[k], np.float64) for k in ("hidden", "out", "bias"))
+    logits_first, logits_second = np.tanh(first @ hidden) @ out + bias, np.tanh(second @ hidden) @ out + bias
+    expected = 0.5 * (np.mean(-log_expit(logits_first)) + np.mean(-log_expit(-logits_second)))
+    np.testing.assert_allclose(self.variant(_adversarial_loss)(encoders, classifier, 1.0), expected, rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0.5, 1.0, 3.0)
+  def test_encoders_get_minus_scale_times_the_classifier_loss_gradient(self, scale):
+    encoders, classifier = _params(1)
+    enc_grad, cls_grad = self.variant(jax.grad(_adversarial_loss, argnums=(0, 1)))(encoders, classifier, jnp.float32(scale))
+    plain_enc_grad, plain_cls_grad = jax.grad(classification_loss, argnums=(0, 1))(encoders, classifier)
+    assert all(np.any(plain) for plain in jax.tree.leaves(plain_enc_grad))
+    chex.assert_trees_all_close(enc_grad, jax.tree.map(lambda g: -scale * g, plain_enc_grad), rtol=1e-5, atol=1e-7)
+    # The classifier itself is trained to separate, unaffected by the reversal.
+    chex.assert_trees_all_close(cls_grad, plain_cls_grad, rtol=1e-5, atol=1e-7)
 
 
 def test_cycle_consistency_gradient_pulls_reconstructions_back():
@@ -128,28 +154,6 @@ def classification_loss(encoders, classifier):
 def _adversarial_loss(encoders, classifier, scale):
   first, second = _encode(encoders)
   return losses.domain_adversarial_loss(_classifier(classifier), first, second, scale=scale)
-
-
-def test_domain_adversarial_value_matches_numpy():
-  encoders, classifier = _params(0)
-  first, second = (np.asarray(e, np.float64) for e in _encode(encoders))
-  hidden, out, bias = (np.asarray(classifier[k], np.float64) for k in ("hidden", "out", "bias"))
-  logits_first, logits_second = np.tanh(first @ hidden) @ out + bias, np.tanh(second @ hidden) @ out + bias
-  expected = 0.5 * (np.mean(-log_expit(logits_first)) + np.mean(-log_expit(-logits_second)))
-  np.testing.assert_allclose(jax.jit(_adversarial_loss)(encoders, classifier, 1.0), expected, rtol=1e-5)
-
-
-@pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
-def test_encoders_get_minus_scale_times_the_classifier_loss_gradient(scale):
-  encoders, classifier = _params(1)
-  enc_grad, cls_grad = jax.jit(jax.grad(_adversarial_loss, argnums=(0, 1)))(encoders, classifier, jnp.float32(scale))
-  plain_enc_grad, plain_cls_grad = jax.grad(classification_loss, argnums=(0, 1))(encoders, classifier)
-  for got, plain in zip(jax.tree.leaves(enc_grad), jax.tree.leaves(plain_enc_grad)):
-    assert np.any(plain)
-    np.testing.assert_allclose(got, -scale * np.asarray(plain), rtol=1e-5, atol=1e-7)
-  # The classifier itself is trained to separate, unaffected by the reversal.
-  for got, plain in zip(jax.tree.leaves(cls_grad), jax.tree.leaves(plain_cls_grad)):
-    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-7)
 
 
 def test_domain_adversarial_masks_and_vmap():

@@ -1,9 +1,12 @@
-"""Contrastive losses against independent float64 NumPy references, under jit, grad and vmap."""
+"""Contrastive losses against independent float64 NumPy references, with and without jit, under
+grad and vmap."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax import losses
 
@@ -70,24 +73,28 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("batch,dim", [(1, 4), (7, 5), (16, 32)])
-def test_value_matches_reference_under_jit(name, batch, dim):
-  loss, reference = CASES[name]
-  rng = np.random.default_rng(batch * 100 + dim)
-  a, b = _normalised(rng, (batch, dim)), _normalised(rng, (batch, dim))
-  got = jax.jit(loss)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
-  np.testing.assert_allclose(got, reference(a, b), rtol=1e-5, atol=1e-5)
+class AgainstReferenceTest(chex.TestCase):
+  """Values and gradients against the float64 references, traced and untraced alike."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=sorted(CASES), shape=[(1, 4), (7, 5), (16, 32)])
+  def test_value_matches_reference(self, name, shape):
+    loss, reference = CASES[name]
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    a, b = _normalised(rng, shape), _normalised(rng, shape)
+    got = self.variant(loss)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    chex.assert_shape(got, ())
+    np.testing.assert_allclose(got, reference(a, b), rtol=1e-5, atol=1e-5)
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_gradient_matches_finite_differences_of_reference(name):
-  loss, reference = CASES[name]
-  rng = np.random.default_rng(0)
-  a, b = _normalised(rng, (5, 3)), _normalised(rng, (5, 3))
-  grad_a, grad_b = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
-  np.testing.assert_allclose(grad_a, _numerical_grad(lambda x: reference(x, b), a), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(grad_b, _numerical_grad(lambda x: reference(a, x), b), rtol=1e-4, atol=1e-5)
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(CASES))
+  def test_gradient_matches_finite_differences_of_reference(self, name):
+    loss, reference = CASES[name]
+    rng = np.random.default_rng(0)
+    a, b = _normalised(rng, (5, 3)), _normalised(rng, (5, 3))
+    grads = self.variant(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    want = (_numerical_grad(lambda x: reference(x, b), a), _numerical_grad(lambda x: reference(a, x), b))
+    chex.assert_trees_all_close(grads, want, rtol=1e-4, atol=1e-5)
 
 
 def test_scale_gradient_matches_reference_and_stops_at_clamp():

@@ -1,10 +1,12 @@
 """Cosine alignment and Deep CCA losses against float64 NumPy references (two ways of computing
-canonical correlations), with masks, degenerate batches, jit, grad and vmap."""
+canonical correlations), with masks, degenerate batches, with and without jit, grad and vmap."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax import losses
 
@@ -51,18 +53,6 @@ def test_cosine_alignment_matches_numpy_under_jit_and_vmap():
   np.testing.assert_allclose(got, [cosine_reference(a, b) for a, b in zip(first, second)], rtol=1e-5)
 
 
-def test_cosine_alignment_gradient_matches_finite_differences():
-  rng = np.random.default_rng(1)
-  first, second = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
-  grad = jax.grad(losses.cosine_alignment_loss)(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32))
-  numerical = np.zeros_like(first)
-  for index in np.ndindex(first.shape):
-    step = np.zeros_like(first)
-    step[index] = 1e-6
-    numerical[index] = (cosine_reference(first + step, second) - cosine_reference(first - step, second)) / 2e-6
-  np.testing.assert_allclose(grad, numerical, rtol=1e-3, atol=1e-6)
-
-
 def test_cosine_alignment_mask_and_zero_vectors():
   rng = np.random.default_rng(2)
   first, second = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
@@ -79,16 +69,33 @@ def test_cosine_alignment_mask_and_zero_vectors():
   assert float(losses.cosine_alignment_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), mask=jnp.zeros(2, bool))) == 0.0
 
 
-@pytest.mark.parametrize("widths", [(3, 4), (4, 2), (3, 3)])
-def test_canonical_correlations_match_both_numpy_references(widths):
-  rng = np.random.default_rng(3)
-  first, second = _correlated_views(rng, widths=widths)
-  fn = jax.jit(losses.canonical_correlations, static_argnames=("regularization", "epsilon"))
-  got = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-3)
-  np.testing.assert_allclose(got, regularised_correlations(first, second, 1e-3), rtol=1e-4)
-  tiny = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-7)
-  np.testing.assert_allclose(tiny, classical_correlations(first, second), rtol=1e-3, atol=1e-4)
-  assert np.all(np.diff(np.asarray(got)) <= 0) and got.shape == (min(widths),)
+class AgainstReferenceTest(chex.TestCase):
+  """Values and gradients against the float64 references, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_cosine_alignment_gradient_matches_finite_differences(self):
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    grad = self.variant(jax.grad(losses.cosine_alignment_loss))(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32))
+    numerical = np.zeros_like(first)
+    for index in np.ndindex(first.shape):
+      step = np.zeros_like(first)
+      step[index] = 1e-6
+      numerical[index] = (cosine_reference(first + step, second) - cosine_reference(first - step, second)) / 2e-6
+    np.testing.assert_allclose(grad, numerical, rtol=1e-3, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((3, 4), (4, 2), (3, 3))
+  def test_canonical_correlations_match_both_numpy_references(self, *widths):
+    rng = np.random.default_rng(3)
+    first, second = _correlated_views(rng, widths=widths)
+    fn = self.variant(losses.canonical_correlations, static_argnames=("regularization", "epsilon"))
+    got = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-3)
+    chex.assert_shape(got, (min(widths),))
+    np.testing.assert_allclose(got, regularised_correlations(first, second, 1e-3), rtol=1e-4)
+    tiny = fn(jnp.asarray(first, jnp.float32), jnp.asarray(second, jnp.float32), regularization=1e-7)
+    np.testing.assert_allclose(tiny, classical_correlations(first, second), rtol=1e-3, atol=1e-4)
+    assert np.all(np.diff(np.asarray(got)) <= 0)
 
 
 def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_maps():

@@ -1,10 +1,12 @@
 """Gaussian and Laplace posteriors against scipy (densities, KL by quadrature and by Monte Carlo),
 reparameterised sampling, the MMVAE scale, the mixture density with presence; jit, grad, vmap."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy import integrate, special, stats
 
 from mmjax import losses
@@ -23,16 +25,20 @@ def _random_distribution(family, rng, shape):
   return cls(jnp.asarray(loc, jnp.float32), jnp.asarray(log_param, jnp.float32)), loc, log_param
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_log_prob_matches_scipy_with_leading_sample_axes_under_jit(family):
-  rng = np.random.default_rng(0)
-  q, loc, log_param = _random_distribution(family, rng, (3, 4))
-  z = rng.normal(size=(5, 3, 4))
-  _, dist, scale = FAMILIES[family]
-  got = jax.jit(lambda q, z: q.log_prob(z))(q, jnp.asarray(z, jnp.float32))
-  want = dist.logpdf(z, loc=loc, scale=scale(log_param)).sum(axis=-1)
-  assert got.shape == (5, 3)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+class AgainstScipyTest(chex.TestCase):
+  """Densities against scipy in float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(FAMILIES))
+  def test_log_prob_matches_scipy_with_leading_sample_axes(self, family):
+    rng = np.random.default_rng(0)
+    q, loc, log_param = _random_distribution(family, rng, (3, 4))
+    z = rng.normal(size=(5, 3, 4))
+    _, dist, scale = FAMILIES[family]
+    got = self.variant(lambda q, z: q.log_prob(z))(q, jnp.asarray(z, jnp.float32))
+    want = dist.logpdf(z, loc=loc, scale=scale(log_param)).sum(axis=-1)
+    chex.assert_shape(got, (5, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -4,6 +4,7 @@ models, where log p(x), the posterior and (by quadrature) the expected bounds ar
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,19 +85,45 @@ def test_iwae_with_one_sample_equals_the_elbo_on_the_same_samples():
   assert np.all(np.asarray(losses.iwae_bound(log_weights)) >= np.asarray(jnp.mean(log_weights, 0)))
 
 
-def test_elbo_with_analytic_kl_matches_the_closed_form():
-  mean, variance = posterior()
-  mean, variance = mean + 0.3, variance * 1.6
-  # E_q[log p(x|z)] for q = N(m, diag v): −(‖x − W m − b‖² + tr(W diag(v) Wᵀ))/(2s²) − (3/2) log 2πs².
-  residual = X - mean @ WEIGHT.T - BIAS
-  expected_log_likelihood = -(np.sum(residual**2, 1) + np.sum(WEIGHT**2 * variance, axis=(0, 1))) / (2 * NOISE**2)
-  expected_log_likelihood -= 1.5 * np.log(2 * np.pi * NOISE**2)
-  kl = 0.5 * np.sum(mean**2 + variance - 1 - np.log(variance), 1)
-  q = _q(mean, variance)
-  z = q.sample(jax.random.key(2), 100_000)
-  got = jax.jit(losses.elbo)(log_likelihood(z), q.kl_to_standard_normal())
-  np.testing.assert_allclose(got, expected_log_likelihood - kl, rtol=2e-3)
-  assert np.all(np.asarray(got) < log_marginal())
+class AgainstReferenceTest(chex.TestCase):
+  """Values against closed forms and NumPy, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_elbo_with_analytic_kl_matches_the_closed_form(self):
+    mean, variance = posterior()
+    mean, variance = mean + 0.3, variance * 1.6
+    # E_q[log p(x|z)] for q = N(m, diag v): −(‖x − W m − b‖² + tr(W diag(v) Wᵀ))/(2s²) − (3/2) log 2πs².
+    residual = X - mean @ WEIGHT.T - BIAS
+    expected_log_likelihood = -(np.sum(residual**2, 1) + np.sum(WEIGHT**2 * variance, axis=(0, 1))) / (2 * NOISE**2)
+    expected_log_likelihood -= 1.5 * np.log(2 * np.pi * NOISE**2)
+    kl = 0.5 * np.sum(mean**2 + variance - 1 - np.log(variance), 1)
+    q = _q(mean, variance)
+    z = q.sample(jax.random.key(2), 100_000)
+    got = self.variant(losses.elbo)(log_likelihood(z), q.kl_to_standard_normal())
+    chex.assert_shape(got, (len(X),))
+    np.testing.assert_allclose(got, expected_log_likelihood - kl, rtol=2e-3)
+    assert np.all(np.asarray(got) < log_marginal())
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mmvae_looser_bound_against_numpy_and_below_the_joint_iwae(self):
+    posteriors = _unimodal_posteriors()
+    z = jax.vmap(lambda q, key: q.sample(key, 6))(posteriors, jax.random.split(jax.random.key(8), 2))  # [M, K, B, D]
+    log_weights = _mmvae_log_weights(posteriors, z, None)
+    got = self.variant(losses.mmvae_looser_bound)(log_weights)
+    # NumPy: the mixture density written with scipy, each modality's log-mean-exp, their average.
+    zs = np.asarray(z, np.float64)
+    means, stds = np.asarray(posteriors.mean, np.float64), np.asarray(posteriors.scale, np.float64)
+    mixture = special.logsumexp([stats.norm.logpdf(zs, means[n], stds[n]).sum(-1) for n in range(2)], axis=0) - np.log(2)
+    log_p = stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(zs)
+    log_p = log_p + stats.norm.logpdf(X, zs @ WEIGHT.T + BIAS, NOISE).sum(-1)
+    numpy_weights = log_p - mixture
+    want = np.mean(special.logsumexp(numpy_weights, axis=1) - np.log(6), axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Jensen: the average over modalities outside the log is below the IWAE of all M·K samples.
+    tighter = losses.iwae_bound(log_weights.reshape(12, 2))
+    assert np.all(np.asarray(got) <= np.asarray(tighter) + 1e-6)
+    # One modality: the looser bound is the IWAE bound.
+    np.testing.assert_allclose(losses.mmvae_looser_bound(log_weights[:1]), losses.iwae_bound(log_weights[0]), rtol=1e-6)
 
 
 def test_iwae_increases_with_k_and_approaches_the_log_likelihood():
@@ -318,27 +345,6 @@ def _unimodal_posteriors():
 def _mmvae_log_weights(posteriors, z, present, weight=WEIGHT):
   mixture = losses.mixture_log_prob(posteriors, z, present)
   return log_joint(z, weight=weight) - mixture
-
-
-def test_mmvae_looser_bound_against_numpy_and_below_the_joint_iwae():
-  posteriors = _unimodal_posteriors()
-  z = jax.vmap(lambda q, key: q.sample(key, 6))(posteriors, jax.random.split(jax.random.key(8), 2))  # [M, K, B, D]
-  log_weights = _mmvae_log_weights(posteriors, z, None)
-  got = jax.jit(losses.mmvae_looser_bound)(log_weights)
-  # NumPy: the mixture density written with scipy, each modality's log-mean-exp, their average.
-  zs = np.asarray(z, np.float64)
-  means, stds = np.asarray(posteriors.mean, np.float64), np.asarray(posteriors.scale, np.float64)
-  mixture = special.logsumexp([stats.norm.logpdf(zs, means[n], stds[n]).sum(-1) for n in range(2)], axis=0) - np.log(2)
-  log_p = stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(zs)
-  log_p = log_p + stats.norm.logpdf(X, zs @ WEIGHT.T + BIAS, NOISE).sum(-1)
-  numpy_weights = log_p - mixture
-  want = np.mean(special.logsumexp(numpy_weights, axis=1) - np.log(6), axis=0)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  # Jensen: the average over modalities outside the log is below the IWAE of all M·K samples.
-  tighter = losses.iwae_bound(log_weights.reshape(12, 2))
-  assert np.all(np.asarray(got) <= np.asarray(tighter) + 1e-6)
-  # One modality: the looser bound is the IWAE bound.
-  np.testing.assert_allclose(losses.mmvae_looser_bound(log_weights[:1]), losses.iwae_bound(log_weights[0]), rtol=1e-6)
 
 
 def test_mmvae_looser_bound_averages_over_present_modalities_only():

@@ -1,9 +1,11 @@
 """GAN losses and penalties against independent float64 references (SciPy, closed forms, finite differences)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy.special import expit, log_expit
 
 from mmjax import losses
@@ -46,34 +48,41 @@ def _logits(seed, size, scale=3.0):
   return np.random.default_rng(seed).normal(scale=scale, size=size)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("real_size,fake_size", [(1, 1), (5, 3), (16, 16)])
-def test_discriminator_loss_matches_reference_under_jit(name, real_size, fake_size):
-  real, fake = _logits(real_size, real_size), _logits(100 + fake_size, fake_size)
-  got = jax.jit(losses.gan_loss(name).discriminator)(jnp.float32(real), jnp.float32(fake))
-  assert got.dtype == jnp.float32
-  np.testing.assert_allclose(got, DISCRIMINATOR_REFERENCES[name](real, fake), rtol=1e-5, atol=1e-6)
+class AgainstReferenceTest(chex.TestCase):
+  """Values and gradients against the float64 references, traced and untraced alike."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=NAMES, sizes=[(1, 1), (5, 3), (16, 16)])
+  def test_discriminator_loss_matches_reference(self, name, sizes):
+    real_size, fake_size = sizes
+    real, fake = _logits(real_size, real_size), _logits(100 + fake_size, fake_size)
+    got = self.variant(losses.gan_loss(name).discriminator)(jnp.float32(real), jnp.float32(fake))
+    chex.assert_shape(got, ())
+    chex.assert_type(got, jnp.float32)
+    np.testing.assert_allclose(got, DISCRIMINATOR_REFERENCES[name](real, fake), rtol=1e-5, atol=1e-6)
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("size", [1, 7])
-def test_generator_loss_matches_reference_under_jit(name, size):
-  fake = _logits(size, size)
-  got = jax.jit(losses.gan_loss(name).generator)(jnp.float32(fake))
-  np.testing.assert_allclose(got, GENERATOR_REFERENCES[name](fake), rtol=1e-5, atol=1e-6)
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=NAMES, size=[1, 7])
+  def test_generator_loss_matches_reference(self, name, size):
+    fake = _logits(size, size)
+    got = self.variant(losses.gan_loss(name).generator)(jnp.float32(fake))
+    np.testing.assert_allclose(got, GENERATOR_REFERENCES[name](fake), rtol=1e-5, atol=1e-6)
 
-
-@pytest.mark.parametrize("name", NAMES)
-def test_gradients_match_finite_differences_of_reference(name):
-  real, fake = _logits(0, 4), _logits(1, 3)
-  discriminator, generator = losses.gan_loss(name)
-  grad_real, grad_fake = jax.grad(discriminator, argnums=(0, 1))(jnp.float32(real), jnp.float32(fake))
-  reference = DISCRIMINATOR_REFERENCES[name]
-  np.testing.assert_allclose(grad_real, _numerical_grad(lambda r: reference(r, fake), real), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(grad_fake, _numerical_grad(lambda f: reference(real, f), fake), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(
-      jax.grad(generator)(jnp.float32(fake)), _numerical_grad(GENERATOR_REFERENCES[name], fake), rtol=1e-4, atol=1e-6
-  )
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*NAMES)
+  def test_gradients_match_finite_differences_of_reference(self, name):
+    real, fake = _logits(0, 4), _logits(1, 3)
+    discriminator, generator = losses.gan_loss(name)
+    reference = DISCRIMINATOR_REFERENCES[name]
+    chex.assert_trees_all_close(
+        self.variant(jax.grad(discriminator, argnums=(0, 1)))(jnp.float32(real), jnp.float32(fake)),
+        (_numerical_grad(lambda r: reference(r, fake), real), _numerical_grad(lambda f: reference(real, f), fake)),
+        rtol=1e-4, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        self.variant(jax.grad(generator))(jnp.float32(fake)), _numerical_grad(GENERATOR_REFERENCES[name], fake),
+        rtol=1e-4, atol=1e-6,
+    )
 
 
 EXTREME = np.array([-1e4, -200.0, -90.0, -30.0, 0.0, 30.0, 90.0, 200.0, 1e4])

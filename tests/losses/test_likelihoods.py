@@ -1,29 +1,51 @@
-"""Log-likelihoods against scipy.stats in float64, under jit, grad and vmap; masks; bad inputs."""
+"""Log-likelihoods against scipy.stats in float64, with and without jit, under grad and vmap;
+masks; bad inputs."""
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy import special, stats
 
 from mmjax import losses
 
 SHAPE = (3, 4, 2)  # a batch of 3 events of shape (4, 2)
+LOG_SCALE_SHAPES = {"scalar": (), "per event element": SHAPE[1:], "per element": SHAPE}
 
 
 def _per_sample(values):
   return np.asarray(values, np.float64).reshape(values.shape[0], -1).sum(axis=1)
 
 
-def test_bernoulli_matches_scipy_on_binary_targets_under_jit():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(scale=3.0, size=SHAPE)
-  targets = (rng.uniform(size=SHAPE) < 0.5).astype(np.float64)
-  got = jax.jit(losses.bernoulli_log_likelihood)(jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32))
-  want = _per_sample(stats.bernoulli.logpmf(targets, special.expit(logits)))
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+class AgainstScipyTest(chex.TestCase):
+  """Values against scipy in float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_bernoulli_matches_scipy_on_binary_targets(self):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=SHAPE)
+    targets = (rng.uniform(size=SHAPE) < 0.5).astype(np.float64)
+    got = self.variant(losses.bernoulli_log_likelihood)(jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32))
+    want = _per_sample(stats.bernoulli.logpmf(targets, special.expit(logits)))
+    chex.assert_shape(got, SHAPE[:1])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(family=["gaussian", "laplace"], scale_shape=sorted(LOG_SCALE_SHAPES))
+  def test_gaussian_and_laplace_match_scipy(self, family, scale_shape):
+    rng = np.random.default_rng(2)
+    mean, targets = rng.normal(size=SHAPE), rng.normal(size=SHAPE)
+    log_scale = rng.normal(scale=0.5, size=LOG_SCALE_SHAPES[scale_shape])
+    fn = {"gaussian": losses.gaussian_log_likelihood, "laplace": losses.laplace_log_likelihood}[family]
+    dist = {"gaussian": stats.norm, "laplace": stats.laplace}[family]
+    got = self.variant(fn)(jnp.asarray(mean, jnp.float32), jnp.asarray(log_scale, jnp.float32), jnp.asarray(targets, jnp.float32))
+    want = _per_sample(dist.logpdf(targets, loc=mean, scale=np.broadcast_to(np.exp(log_scale), SHAPE)))
+    chex.assert_shape(got, SHAPE[:1])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_bernoulli_grey_targets_give_the_cross_entropy():
@@ -46,22 +68,6 @@ def test_bernoulli_is_stable_for_huge_logits():
   np.testing.assert_allclose(value, -160.0, rtol=1e-6)  # the two confident wrong answers cost 80 each
   assert np.all(np.isfinite(grad))
   np.testing.assert_allclose(grad, [[0.0, 0.0, -1.0, 1.0]], atol=1e-6)
-
-
-LOG_SCALE_SHAPES = {"scalar": (), "per event element": SHAPE[1:], "per element": SHAPE}
-
-
-@pytest.mark.parametrize("family", ["gaussian", "laplace"])
-@pytest.mark.parametrize("scale_shape", sorted(LOG_SCALE_SHAPES))
-def test_gaussian_and_laplace_match_scipy(family, scale_shape):
-  rng = np.random.default_rng(2)
-  mean, targets = rng.normal(size=SHAPE), rng.normal(size=SHAPE)
-  log_scale = rng.normal(scale=0.5, size=LOG_SCALE_SHAPES[scale_shape])
-  fn = {"gaussian": losses.gaussian_log_likelihood, "laplace": losses.laplace_log_likelihood}[family]
-  dist = {"gaussian": stats.norm, "laplace": stats.laplace}[family]
-  got = jax.jit(fn)(jnp.asarray(mean, jnp.float32), jnp.asarray(log_scale, jnp.float32), jnp.asarray(targets, jnp.float32))
-  want = _per_sample(dist.logpdf(targets, loc=mean, scale=np.broadcast_to(np.exp(log_scale), SHAPE)))
-  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_fixed_python_scale_is_accepted_and_mmvae_laplace_scale():

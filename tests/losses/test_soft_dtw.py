@@ -3,10 +3,12 @@ recursion for the alignment), finite differences, the γ → 0 limit and padding
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy.special import logsumexp
 
 from mmjax.losses import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
@@ -62,19 +64,25 @@ def _costs(rng, batch, n, m) -> np.ndarray:
   return ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
 
 
-@pytest.mark.parametrize("gamma", [0.1, 1.0, 10.0])
-def test_values_and_alignment_match_numpy_dynamic_programming(gamma):
-  rng = np.random.default_rng(0)
-  cost = _costs(rng, 3, 5, 7)
-  want = np.array([reference_soft_dtw(c, gamma) for c in cost])
-  want_alignment = np.stack([reference_alignment(c, gamma) for c in cost])
-  got = jax.jit(lambda c: soft_dtw_cost(c, gamma=gamma))(cost.astype(np.float32))
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  got = jax.jit(lambda c: soft_dtw_alignment(c, gamma=gamma))(cost.astype(np.float32))
-  np.testing.assert_allclose(got, want_alignment, atol=2e-5)
-  with jax.enable_x64(True):
-    np.testing.assert_allclose(soft_dtw_cost(jnp.asarray(cost), gamma=gamma), want, rtol=1e-12)
-    np.testing.assert_allclose(soft_dtw_alignment(jnp.asarray(cost), gamma=gamma), want_alignment, atol=1e-12)
+class AgainstReferenceTest(chex.TestCase):
+  """Values and gradients against the float64 references, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0.1, 1.0, 10.0)
+  def test_values_and_alignment_match_numpy_dynamic_programming(self, gamma):
+    rng = np.random.default_rng(0)
+    cost = _costs(rng, 3, 5, 7)
+    want = np.array([reference_soft_dtw(c, gamma) for c in cost])
+    want_alignment = np.stack([reference_alignment(c, gamma) for c in cost])
+    got = self.variant(lambda c: soft_dtw_cost(c, gamma=gamma))(cost.astype(np.float32))
+    chex.assert_shape(got, (3,))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    got = self.variant(lambda c: soft_dtw_alignment(c, gamma=gamma))(cost.astype(np.float32))
+    chex.assert_shape(got, (3, 5, 7))
+    np.testing.assert_allclose(got, want_alignment, atol=2e-5)
+    with jax.enable_x64(True):
+      np.testing.assert_allclose(soft_dtw_cost(jnp.asarray(cost), gamma=gamma), want, rtol=1e-12)
+      np.testing.assert_allclose(soft_dtw_alignment(jnp.asarray(cost), gamma=gamma), want_alignment, atol=1e-12)
 
 
 def test_gradient_matches_finite_differences():
