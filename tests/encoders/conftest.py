@@ -14,7 +14,7 @@ def count_remats():
   return jaxprs.count_remats
 
 
-def _conv2d(x, kernel, stride: int, padding) -> np.ndarray:
+def conv2d_reference(x, kernel, stride: int, padding) -> np.ndarray:
   x = np.asarray(x, np.float64)
   kernel = np.asarray(kernel, np.float64)
   (top, bottom), (left, right) = padding
@@ -34,7 +34,7 @@ def _conv2d(x, kernel, stride: int, padding) -> np.ndarray:
 def conv2d():
   """NumPy float64 cross-correlation of NHWC images with an HWIO kernel, explicit padding
   ``((top, bottom), (left, right))``, written with explicit windows."""
-  return _conv2d
+  return conv2d_reference
 
 
 def _assert_every_leaf_nonzero(tree) -> None:
@@ -48,12 +48,12 @@ def assert_every_leaf_nonzero():
   return _assert_every_leaf_nonzero
 
 
-def _gelu(x):
+def gelu_reference(x):
   # The tanh approximation, Flax's default.
   return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def _layer_norm(x, scale, bias, epsilon=1e-6):
+def layer_norm_reference(x, scale, bias, epsilon=1e-6):
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean) ** 2).mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(var + epsilon) * scale + bias
@@ -62,4 +62,4 @@ def _layer_norm(x, scale, bias, epsilon=1e-6):
 @pytest.fixture
 def numpy_layers():
   """float64 NumPy ``gelu`` (tanh approximation) and ``layer_norm(x, scale, bias, epsilon=1e-6)``."""
-  return _gelu, _layer_norm
+  return gelu_reference, layer_norm_reference

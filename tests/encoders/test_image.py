@@ -11,6 +11,7 @@ import pytest
 from mmjax.encoders import ConvEncoder
 from mmjax.encoders import base
 from mmjax.encoders import layers
+from tests.encoders.conftest import conv2d_reference, gelu_reference, layer_norm_reference
 
 IMAGES = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
 
@@ -38,25 +39,55 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def test_parameter_names_and_numerics_match_a_numpy_forward_pass(conv2d, numpy_layers):
-  # Checkpoints written before the token output must still load and give the same features.
-  gelu, layer_norm = numpy_layers
-  encoder = ConvEncoder(features=5, channels=(4, 6), strides=(1, 2), kernel_size=3)
-  images = jax.random.normal(jax.random.key(3), (2, 7, 7, 2))
-  params = jax.jit(encoder.init)(jax.random.key(4), images)["params"]
-  assert jax.tree.map(jnp.shape, params) == {
-      "stage0": {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "norm": {"scale": (4,), "bias": (4,)}},
-      "stage1": {"conv": {"kernel": (3, 3, 4, 6), "bias": (6,)}, "norm": {"scale": (6,), "bias": (6,)}},
-      "projection": {"kernel": (6, 5), "bias": (5,)},
-  }
-  x = np.asarray(images, np.float64)
-  for index, stride in enumerate((1, 2)):
-    stage = jax.tree.map(np.asarray, params[f"stage{index}"])
-    pads = tuple(_same_padding(n, 3, stride) for n in x.shape[1:3])
-    x = conv2d(x, stage["conv"]["kernel"], stride, pads) + stage["conv"]["bias"]
-    x = gelu(layer_norm(x, stage["norm"]["scale"], stage["norm"]["bias"]))
-  expected = x.mean((1, 2)) @ np.asarray(params["projection"]["kernel"]) + np.asarray(params["projection"]["bias"])
-  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params}, images), expected, rtol=1e-4, atol=1e-5)
+class AgainstNumpyTest(chex.TestCase):
+  """Forward passes against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_parameter_names_and_numerics_match_a_numpy_forward_pass(self):
+    # Checkpoints written before the token output must still load and give the same features.
+    encoder = ConvEncoder(features=5, channels=(4, 6), strides=(1, 2), kernel_size=3)
+    images = jax.random.normal(jax.random.key(3), (2, 7, 7, 2))
+    params = encoder.init(jax.random.key(4), images)["params"]
+    assert jax.tree.map(jnp.shape, params) == {
+        "stage0": {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "norm": {"scale": (4,), "bias": (4,)}},
+        "stage1": {"conv": {"kernel": (3, 3, 4, 6), "bias": (6,)}, "norm": {"scale": (6,), "bias": (6,)}},
+        "projection": {"kernel": (6, 5), "bias": (5,)},
+    }
+    x = np.asarray(images, np.float64)
+    for index, stride in enumerate((1, 2)):
+      stage = jax.tree.map(np.asarray, params[f"stage{index}"])
+      pads = tuple(_same_padding(n, 3, stride) for n in x.shape[1:3])
+      x = conv2d_reference(x, stage["conv"]["kernel"], stride, pads) + stage["conv"]["bias"]
+      x = gelu_reference(layer_norm_reference(x, stage["norm"]["scale"], stage["norm"]["bias"]))
+    expected = x.mean((1, 2)) @ np.asarray(params["projection"]["kernel"]) + np.asarray(params["projection"]["bias"])
+    got = self.variant(encoder.apply)({"params": params}, images)
+    chex.assert_shape(got, (2, 5))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_flatten_pooling_with_relu_matches_a_numpy_forward_pass(self):
+    # The MMVAE SVHN encoder's layout (kernel 4, stride 2, ReLU, no norm, dense on the flattened
+    # last map), at a small size.
+    encoder = ConvEncoder(
+        features=5, channels=(4, 6), strides=(2, 2), kernel_size=4, norm="none", activation="relu", pooling="flatten"
+    )
+    images = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
+    params = encoder.init(jax.random.key(4), images)["params"]
+    chex.assert_shape(params["projection"]["kernel"], (3 * 3 * 6, 5))
+    x = np.asarray(images, np.float64)
+    for index in range(2):
+      stage = jax.tree.map(np.asarray, params[f"stage{index}"])
+      pads = tuple(_same_padding(n, 4, 2) for n in x.shape[1:3])
+      x = np.maximum(conv2d_reference(x, stage["conv"]["kernel"], 2, pads) + stage["conv"]["bias"], 0)
+    expected = x.reshape(2, -1) @ np.asarray(params["projection"]["kernel"]) + np.asarray(params["projection"]["bias"])
+    apply = self.variant(encoder.apply)
+    out = apply({"params": params}, images)
+    chex.assert_shape(out, (2, 5))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    # Every sample alone gives the same features; every parameter gets a gradient.
+    np.testing.assert_allclose(apply({"params": params}, images[1:]), out[1:], rtol=1e-5, atol=1e-6)
+    grads = self.variant(jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply({"params": p}, images)))))(params)
+    assert all(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(grads))
 
 
 def test_tokens_are_the_projected_cells_of_the_last_feature_map():
@@ -137,29 +168,6 @@ def test_bad_configuration_and_input_raise_clear_errors():
     ConvEncoder(features=4, modality="sketch").init(jax.random.key(0), IMAGES[0])
   with pytest.raises(ValueError, match=r"Unknown norm 'batch'; valid choices"):
     ConvEncoder(features=4, norm="batch").init(jax.random.key(0), IMAGES)
-
-
-def test_flatten_pooling_with_relu_matches_a_numpy_forward_pass(conv2d):
-  # The MMVAE SVHN encoder's layout (kernel 4, stride 2, ReLU, no norm, dense on the flattened
-  # last map), at a small size.
-  encoder = ConvEncoder(
-      features=5, channels=(4, 6), strides=(2, 2), kernel_size=4, norm="none", activation="relu", pooling="flatten"
-  )
-  images = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
-  params = jax.jit(encoder.init)(jax.random.key(4), images)["params"]
-  assert params["projection"]["kernel"].shape == (3 * 3 * 6, 5)
-  x = np.asarray(images, np.float64)
-  for index in range(2):
-    stage = jax.tree.map(np.asarray, params[f"stage{index}"])
-    pads = tuple(_same_padding(n, 4, 2) for n in x.shape[1:3])
-    x = np.maximum(conv2d(x, stage["conv"]["kernel"], 2, pads) + stage["conv"]["bias"], 0)
-  expected = x.reshape(2, -1) @ np.asarray(params["projection"]["kernel"]) + np.asarray(params["projection"]["bias"])
-  out = jax.jit(encoder.apply)({"params": params}, images)
-  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-  # Every sample alone gives the same features; every parameter gets a gradient.
-  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params}, images[1:]), out[1:], rtol=1e-5, atol=1e-6)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply({"params": p}, images)))))(params)
-  assert all(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(grads))
 
 
 def test_mmvae_svhn_layout_reaches_a_4x4x128_map():

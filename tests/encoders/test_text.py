@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax.encoders import RecurrentTextEncoder, TransformerTextEncoder
 from mmjax.encoders import base, layers
@@ -174,15 +175,20 @@ def _numpy_recurrent_encoder(encoder: RecurrentTextEncoder, variables, row: np.n
   return pooled @ projection["kernel"] + projection["bias"], x @ projection["kernel"] + projection["bias"]
 
 
-@pytest.mark.parametrize("name", RECURRENT)
-def test_recurrent_encoder_matches_a_numpy_reference_row_by_row(name):
-  encoder, _ = ENCODERS[name]
-  variables = _variables(name)
-  encoded = _apply(encoder, return_tokens=True)(variables, TOKENS)
-  for index, length in enumerate(LENGTHS):
-    pooled, tokens = _numpy_recurrent_encoder(encoder, variables, np.asarray(TOKENS[index, :length]))
-    np.testing.assert_allclose(encoded.pooled[index], pooled, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(encoded.tokens[index, :length], tokens, rtol=1e-4, atol=1e-5)
+class AgainstNumpyTest(chex.TestCase):
+  """Forward passes against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*RECURRENT)
+  def test_recurrent_encoder_matches_a_numpy_reference_row_by_row(self, name):
+    encoder, _ = ENCODERS[name]
+    variables = _variables(name)
+    encoded = self.variant(functools.partial(encoder.apply, return_tokens=True))(variables, TOKENS)
+    chex.assert_shape([encoded.pooled, encoded.tokens], [(len(LENGTHS), FEATURES), (len(LENGTHS), TOKENS.shape[1], FEATURES)])
+    for index, length in enumerate(LENGTHS):
+      pooled, tokens = _numpy_recurrent_encoder(encoder, variables, np.asarray(TOKENS[index, :length]))
+      np.testing.assert_allclose(encoded.pooled[index], pooled, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(encoded.tokens[index, :length], tokens, rtol=1e-4, atol=1e-5)
 
 
 def test_gru_keeps_the_parameter_names_of_gru_text_encoder():

@@ -29,22 +29,30 @@ def _variables(name):
   return jax.jit(encoder.init)(jax.random.key(0), inputs)
 
 
-def test_mlp_encoder_matches_a_numpy_forward_pass():
-  encoder = MLPEncoder(4, width=8, depth=1, activation="relu", norm="none")
-  params = jax.jit(encoder.init)(jax.random.key(1), VECTORS)["params"]
-  layer, projection = params["mlp"]["layer0"]["dense"], params["projection"]
-  hidden = np.maximum(VECTORS.astype(np.float64) @ layer["kernel"] + layer["bias"], 0.0)
-  expected = hidden @ projection["kernel"] + projection["bias"]
-  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params}, VECTORS), expected, rtol=1e-5, atol=1e-6)
+class AgainstNumpyTest(chex.TestCase):
+  """Forward passes against NumPy float64, traced and untraced alike."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mlp_encoder_matches_a_numpy_forward_pass(self):
+    encoder = MLPEncoder(4, width=8, depth=1, activation="relu", norm="none")
+    params = encoder.init(jax.random.key(1), VECTORS)["params"]
+    layer, projection = params["mlp"]["layer0"]["dense"], params["projection"]
+    hidden = np.maximum(VECTORS.astype(np.float64) @ layer["kernel"] + layer["bias"], 0.0)
+    expected = hidden @ projection["kernel"] + projection["bias"]
+    got = self.variant(encoder.apply)({"params": params}, VECTORS)
+    chex.assert_shape(got, (NUM_CLASSES, 4))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
-def test_label_encoder_without_hidden_layers_is_a_projected_table_lookup():
-  encoder = LabelEncoder(4, num_classes=NUM_CLASSES, width=8)
-  params = jax.jit(encoder.init)(jax.random.key(1), LABELS)["params"]
-  assert set(params) == {"embedding", "projection"}
-  table, projection = np.asarray(params["embedding"]["embedding"], np.float64), params["projection"]
-  expected = np.stack([table[label] for label in LABELS]) @ projection["kernel"] + projection["bias"]
-  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params}, LABELS), expected, rtol=1e-5, atol=1e-6)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_label_encoder_without_hidden_layers_is_a_projected_table_lookup(self):
+    encoder = LabelEncoder(4, num_classes=NUM_CLASSES, width=8)
+    params = encoder.init(jax.random.key(1), LABELS)["params"]
+    assert set(params) == {"embedding", "projection"}
+    table, projection = np.asarray(params["embedding"]["embedding"], np.float64), params["projection"]
+    expected = np.stack([table[label] for label in LABELS]) @ projection["kernel"] + projection["bias"]
+    got = self.variant(encoder.apply)({"params": params}, LABELS)
+    chex.assert_shape(got, (len(LABELS), 4))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ENCODERS)

@@ -20,7 +20,9 @@ AUDIO_VALID = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], 
 TEXT_VALID = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]], bool)
 
 
-def _batch(seed: int, modalities) -> tuple[dict, dict]:
+def make_batch(seed: int = 0, modalities=("audio", "image", "text")) -> tuple[dict, dict]:
+  """`(inputs, present)`: audio and text as `Encoded` with padding, image pooled; see `PRESENT`
+  for who is missing."""
   rng = np.random.default_rng(seed)
 
   def normal(*shape):
@@ -36,9 +38,8 @@ def _batch(seed: int, modalities) -> tuple[dict, dict]:
 
 @pytest.fixture
 def batch():
-  """``batch(seed=0, modalities=("audio", "image", "text")) -> (inputs, present)``: audio and text as
-  `Encoded` with padding, image pooled; see `PRESENT` for who is missing."""
-  return lambda seed=0, modalities=("audio", "image", "text"): _batch(seed, modalities)
+  """`make_batch` as a fixture, for tests that are plain functions."""
+  return make_batch
 
 
 def _garbage_like(x: jax.Array, keep: jax.Array, seed: int) -> jax.Array:

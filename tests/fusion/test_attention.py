@@ -2,6 +2,7 @@
 with masks; MulT streams re-read the sources' inputs while co-attention streams read each other's
 current states."""
 
+import chex
 import jax
 import numpy as np
 from scipy.special import softmax
@@ -35,19 +36,25 @@ def reference_cross_attention(params, target, source, source_valid):
   return target + out
 
 
-def test_cross_attention_against_numpy():
-  rng = np.random.default_rng(0)
-  target, source = rng.normal(size=(3, 4, 8)).astype(np.float32), rng.normal(size=(3, 5, 8)).astype(np.float32)
-  source_valid = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)  # row 1: nothing to read
-  layer = CrossAttention(num_heads=2)
-  variables = layer.init(jax.random.key(0), target, source, source_valid)
-  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), variables)["params"]
-  got = jax.jit(layer.apply)({"params": params}, target, source, source_valid)
-  want = reference_cross_attention(params, target, source, source_valid)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(got[1], target[1])
-  garbage = np.where(source_valid[..., None], source, np.float32(1e30))
-  np.testing.assert_allclose(layer.apply({"params": params}, target, garbage, source_valid), got, rtol=1e-6, atol=1e-6)
+class AgainstNumpyTest(chex.TestCase):
+  """Outputs against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_cross_attention_against_numpy(self):
+    rng = np.random.default_rng(0)
+    target, source = rng.normal(size=(3, 4, 8)).astype(np.float32), rng.normal(size=(3, 5, 8)).astype(np.float32)
+    source_valid = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)  # row 1: nothing to read
+    layer = CrossAttention(num_heads=2)
+    variables = layer.init(jax.random.key(0), target, source, source_valid)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), variables)["params"]
+    apply = self.variant(layer.apply)
+    got = apply({"params": params}, target, source, source_valid)
+    chex.assert_shape(got, target.shape)
+    want = reference_cross_attention(params, target, source, source_valid)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got[1], target[1])
+    garbage = np.where(source_valid[..., None], source, np.float32(1e30))
+    np.testing.assert_allclose(apply({"params": params}, target, garbage, source_valid), got, rtol=1e-6, atol=1e-6)
 
 
 def _audio_stream_after_two_layers(module, variables, inputs):

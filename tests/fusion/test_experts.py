@@ -4,10 +4,12 @@ in the absent experts; extreme log-variances; stratified selection; MoPoE subset
 import functools
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax.fusion import experts
 from mmjax.losses import DiagonalLaplace
@@ -42,20 +44,23 @@ def test_one_expert_with_the_prior_is_the_closed_form():
   np.testing.assert_allclose(np.exp(log_variance), (variance / (1 + variance))[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("prior", [True, False])
-def test_product_matches_numpy_with_presence(prior):
-  rng = np.random.default_rng(0)
-  means, log_variances = _random_experts(rng, (3, 5, 4))
-  present = np.array([[1, 0, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
-  got = jax.jit(experts.product_of_experts, static_argnames="prior_expert")(
-      jnp.asarray(means, jnp.float32), jnp.asarray(log_variances, jnp.float32), jnp.asarray(present), prior_expert=prior
-  )
-  want = poe_reference(means, log_variances, present, prior)
-  for got_part, want_part in zip(got, want):
-    np.testing.assert_allclose(got_part, want_part, rtol=1e-5, atol=1e-6)
-  # The last sample has no expert: with or without the prior expert, it gets N(0, I).
-  np.testing.assert_array_equal(np.asarray(got[0])[4], 0.0)
-  np.testing.assert_array_equal(np.asarray(got[1])[4], 0.0)
+class AgainstNumpyTest(chex.TestCase):
+  """Products of experts against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(True, False)
+  def test_product_matches_numpy_with_presence(self, prior):
+    rng = np.random.default_rng(0)
+    means, log_variances = _random_experts(rng, (3, 5, 4))
+    present = np.array([[1, 0, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    got = self.variant(experts.product_of_experts, static_argnames="prior_expert")(
+        jnp.asarray(means, jnp.float32), jnp.asarray(log_variances, jnp.float32), jnp.asarray(present), prior_expert=prior
+    )
+    chex.assert_shape(got, (5, 4))
+    chex.assert_trees_all_close(got, tuple(poe_reference(means, log_variances, present, prior)), rtol=1e-5, atol=1e-6)
+    # The last sample has no expert: with or without the prior expert, it gets N(0, I).
+    np.testing.assert_array_equal(np.asarray(got[0])[4], 0.0)
+    np.testing.assert_array_equal(np.asarray(got[1])[4], 0.0)
 
 
 def test_extreme_log_variances_give_finite_values_and_gradients():

@@ -1,6 +1,7 @@
 """Graph layers against dense NumPy float64 formulas on a directed edge list with invalid nodes; graph
 fusion over modality nodes is invariant to relabelling the modalities; edge lists are checked."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,37 +31,43 @@ def _perturbed(variables):
   return jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), variables)["params"]
 
 
-def test_gcn_layer_against_dense_normalised_adjacency():
-  layer = GCNLayer(3)
-  nodes = _nodes()
-  params = _perturbed(layer.init(jax.random.key(0), nodes, VALID, SENDERS, RECEIVERS))
-  got = jax.jit(lambda v, x, valid: layer.apply(v, x, valid, SENDERS, RECEIVERS))({"params": params}, nodes, VALID)
-  kernel, bias = np.asarray(params["linear"]["kernel"], np.float64), np.asarray(params["bias"], np.float64)
-  for b in range(3):
-    a = _adjacency(VALID[b])
-    d_in, d_out = np.maximum(a.sum(1), 1), np.maximum(a.sum(0), 1)
-    want = (a / np.sqrt(np.outer(d_in, d_out))) @ (nodes[b] @ kernel) + bias
-    np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
+class AgainstNumpyTest(chex.TestCase):
+  """Outputs against NumPy float64, traced and untraced alike."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gcn_layer_against_dense_normalised_adjacency(self):
+    layer = GCNLayer(3)
+    nodes = _nodes()
+    params = _perturbed(layer.init(jax.random.key(0), nodes, VALID, SENDERS, RECEIVERS))
+    got = self.variant(lambda v, x, valid: layer.apply(v, x, valid, SENDERS, RECEIVERS))({"params": params}, nodes, VALID)
+    chex.assert_shape(got, (3, 4, 3))
+    kernel, bias = np.asarray(params["linear"]["kernel"], np.float64), np.asarray(params["bias"], np.float64)
+    for b in range(3):
+      a = _adjacency(VALID[b])
+      d_in, d_out = np.maximum(a.sum(1), 1), np.maximum(a.sum(0), 1)
+      want = (a / np.sqrt(np.outer(d_in, d_out))) @ (nodes[b] @ kernel) + bias
+      np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
 
-def test_gat_layer_against_dense_masked_softmax():
-  layer = GATLayer(3, num_heads=2)
-  nodes = _nodes()
-  params = _perturbed(layer.init(jax.random.key(0), nodes, VALID, SENDERS, RECEIVERS))
-  got = jax.jit(lambda v, x, valid: layer.apply(v, x, valid, SENDERS, RECEIVERS))({"params": params}, nodes, VALID)
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  for b in range(3):
-    h = np.einsum("nd,dhf->nhf", nodes[b], p["linear"]["kernel"])  # [N, H, F]
-    a = _adjacency(VALID[b])
-    want = np.zeros((4, 2, 3))
-    for r in range(4):
-      senders = np.flatnonzero(a[r])
-      if senders.size:
-        from_senders = np.einsum("shf,hf->sh", h[senders], p["sender_attention"])
-        logits = from_senders + np.einsum("hf,hf->h", h[r], p["receiver_attention"])
-        logits = np.where(logits > 0, logits, 0.2 * logits)
-        want[r] = np.einsum("sh,shf->hf", softmax(logits, axis=0), h[senders])
-    np.testing.assert_allclose(got[b], want.reshape(4, 6) + p["bias"], rtol=1e-5, atol=1e-5)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gat_layer_against_dense_masked_softmax(self):
+    layer = GATLayer(3, num_heads=2)
+    nodes = _nodes()
+    params = _perturbed(layer.init(jax.random.key(0), nodes, VALID, SENDERS, RECEIVERS))
+    got = self.variant(lambda v, x, valid: layer.apply(v, x, valid, SENDERS, RECEIVERS))({"params": params}, nodes, VALID)
+    chex.assert_shape(got, (3, 4, 6))
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    for b in range(3):
+      h = np.einsum("nd,dhf->nhf", nodes[b], p["linear"]["kernel"])  # [N, H, F]
+      a = _adjacency(VALID[b])
+      want = np.zeros((4, 2, 3))
+      for r in range(4):
+        senders = np.flatnonzero(a[r])
+        if senders.size:
+          from_senders = np.einsum("shf,hf->sh", h[senders], p["sender_attention"])
+          logits = from_senders + np.einsum("hf,hf->h", h[r], p["receiver_attention"])
+          logits = np.where(logits > 0, logits, 0.2 * logits)
+          want[r] = np.einsum("sh,shf->hf", softmax(logits, axis=0), h[senders])
+      np.testing.assert_allclose(got[b], want.reshape(4, 6) + p["bias"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("conv", ["gcn", "gat"])

@@ -1,12 +1,15 @@
 """Late fusion: each combination against NumPy float64, voting at inference only, bad combine."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy.special import log_softmax
 
 from mmjax.fusion import LateFusion
+from tests.fusion.conftest import make_batch
 
 
 def reference(combine, params, inputs, present, train):
@@ -38,18 +41,22 @@ def reference(combine, params, inputs, present, train):
   return out
 
 
-@pytest.mark.parametrize("combine", ["mean", "learned", "vote"])
-@pytest.mark.parametrize("train", [False, True])
-def test_against_numpy(combine, train, batch):
-  inputs, present = batch(2)
-  module = LateFusion(5, combine=combine)
-  variables = module.init(jax.random.key(0), inputs, present)
-  if combine == "learned":  # unequal weights
-    variables = {"params": {**variables["params"], "combination_logits": jnp.array([0.5, -1.0, 2.0])}}
-  got = jax.jit(lambda v, x, p: module.apply(v, x, p, train=train))(variables, inputs, present)
-  want = reference(combine, variables, inputs, {n: np.asarray(p) for n, p in present.items()}, train)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert module.outputs_predictions and got.shape == (5, 5)
+class AgainstNumpyTest(chex.TestCase):
+  """Outputs against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(combine=["mean", "learned", "vote"], train=[False, True])
+  def test_against_numpy(self, combine, train):
+    inputs, present = make_batch(2)
+    module = LateFusion(5, combine=combine)
+    variables = module.init(jax.random.key(0), inputs, present)
+    if combine == "learned":  # unequal weights
+      variables = {"params": {**variables["params"], "combination_logits": jnp.array([0.5, -1.0, 2.0])}}
+    got = self.variant(lambda v, x, p: module.apply(v, x, p, train=train))(variables, inputs, present)
+    want = reference(combine, variables, inputs, {n: np.asarray(p) for n, p in present.items()}, train)
+    chex.assert_shape(got, (5, 5))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert module.outputs_predictions
 
 
 def test_votes_outweigh_confidence_and_confidence_breaks_ties():

@@ -1,12 +1,15 @@
 """Early, sum, mean and attention fusion against NumPy float64 formulas; set-like fusions are invariant
 to relabelling the modalities (with their parameters), early fusion is not."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax.fusion import AttentionFusion, EarlyFusion, MeanFusion, SumFusion
+from tests.fusion.conftest import make_batch
 
 
 def _numpy(tree):
@@ -49,15 +52,20 @@ def reference(kind, params, inputs, present):
 MODULES = {"early": EarlyFusion(4), "sum": SumFusion(4), "mean": MeanFusion(4), "attention": AttentionFusion(4)}
 
 
-@pytest.mark.parametrize("kind", list(MODULES))
-def test_against_numpy(kind, batch):
-  inputs, present = batch(3)
-  module = MODULES[kind]
-  variables = jax.jit(module.init)(jax.random.key(1), inputs, present)
-  got = jax.jit(module.apply)(variables, inputs, present)
-  np.testing.assert_allclose(got, reference(kind, variables, inputs, present), rtol=1e-5, atol=1e-5)
-  if kind != "early":
-    np.testing.assert_array_equal(got[3], 0)  # no modality present
+class AgainstNumpyTest(chex.TestCase):
+  """Outputs against NumPy float64, traced and untraced alike."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*MODULES)
+  def test_against_numpy(self, kind):
+    inputs, present = make_batch(3)
+    module = MODULES[kind]
+    variables = module.init(jax.random.key(1), inputs, present)
+    got = self.variant(module.apply)(variables, inputs, present)
+    chex.assert_shape(got, (5, 4))
+    np.testing.assert_allclose(got, reference(kind, variables, inputs, present), rtol=1e-5, atol=1e-5)
+    if kind != "early":
+      np.testing.assert_array_equal(got[3], 0)  # no modality present
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
