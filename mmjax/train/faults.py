@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 NONFINITE_POLICIES = ("halt", "skip")
 
@@ -84,8 +85,8 @@ class StopSignals:
     self._received_number = number
     logging.warning("%s received: stopping after the current step", self.received)
 
-  def requested(self, step: int) -> bool:
-    """Whether to stop after `step`: the same answer on every process of the run.
+  def requested(self) -> bool:
+    """Whether to stop after the current step: the same answer on every process of the run.
 
     Every process must call it at every step (it is a collective in multi-process runs). When
     some did receive a signal, `received` names the first of them on all, e.g. ``"SIGTERM to
@@ -96,8 +97,6 @@ class StopSignals:
     # Asked at every step by every process, one all-gather of each one's signal (0: none) gives
     # all of them the same answer at the same step. JAX's preemption sync point cannot serve:
     # its SIGTERM listener is the C handler that our Python handler replaces.
-    from jax.experimental import multihost_utils
-
     numbers = multihost_utils.process_allgather(np.array([self._received_number], np.int32), tiled=True)
     senders = np.flatnonzero(numbers)
     if senders.size == 0:

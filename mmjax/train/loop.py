@@ -283,7 +283,7 @@ def train(
           writer.write(step, record)
           window, window_start, window_first_step, waiting = [], time.perf_counter(), step, 0.0
         progress.update(1, record)
-        if stop.requested(step) and step < num_steps:
+        if stop.requested() and step < num_steps:
           checkpointer.save(step, state, iterator.get_state(), force=True)
           raise faults.Interrupted(step, stop.received)
         checkpointer.save(step, state, iterator.get_state(), force=step == num_steps)

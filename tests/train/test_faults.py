@@ -106,9 +106,9 @@ def test_first_signal_asks_to_stop_and_a_second_ctrl_c_aborts_at_once():
 
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
   with faults.StopSignals() as stop:
-    assert not stop.requested(1)
+    assert not stop.requested()
     _signal_self(signal.SIGINT)
-    assert stop.received == "SIGINT" and stop.requested(1)
+    assert stop.received == "SIGINT" and stop.requested()
     with pytest.raises(KeyboardInterrupt):
       _signal_self(signal.SIGINT)
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
@@ -120,7 +120,7 @@ def test_sigterm_asks_to_stop_and_a_repeated_sigterm_does_not_abort():
   with faults.StopSignals() as stop:
     _signal_self(signal.SIGTERM)
     _signal_self(signal.SIGTERM)  # a scheduler repeating its notice must not lose the checkpoint
-    assert stop.received == "SIGTERM" and stop.requested(7)
+    assert stop.received == "SIGTERM" and stop.requested()
 
 
 def test_interrupted_says_which_signal_and_step():
