@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +52,7 @@ def _remat_changes_memory_not_results(decoder, variables, out, grads):
   remat = decoder.clone(remat=True)
   weights = jax.random.normal(jax.random.key(4), out.shape)
   remat_grads = jax.jit(jax.grad(lambda v: jnp.sum(remat.apply(v, latent()) * weights)))(variables)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(remat_grads, grads, rtol=1e-4, atol=1e-6)
   # Equal gradients alone would pass a remat that does nothing: the recomputation must be traced.
   gradient = lambda module: jax.grad(lambda v: jnp.sum(module.apply(v, latent()) * weights))
   assert jaxprs.count_remats(gradient(remat), variables) > 0

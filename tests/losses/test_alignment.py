@@ -21,9 +21,8 @@ def _normal(seed, shape):
 def test_gradient_reversal_is_the_identity_forward():
   tree = {"a": jnp.float32(_normal(0, (3, 2))), "b": jnp.asarray(_normal(1, 4), jnp.bfloat16)}
   out = jax.jit(losses.gradient_reversal)(tree, 0.7)
-  for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
-    assert got.dtype == want.dtype
-    np.testing.assert_array_equal(got, want)
+  chex.assert_trees_all_equal_dtypes(out, tree)
+  chex.assert_trees_all_equal(out, tree)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.375, 1.0, 4.0])

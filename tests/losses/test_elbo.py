@@ -390,8 +390,7 @@ def test_dreg_looser_gradients_equal_the_stop_gradient_reference(with_presence):
 
   got = jax.jit(jax.grad(loss, argnums=(0, 1)))(posteriors, weight)
   want = jax.jit(lambda p, w: (jax.grad(encoder_reference)(p), jax.grad(model_reference)(w)))(posteriors, weight)
-  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
   encoder_grads = np.asarray(got[0].mean)
   if with_presence:
     # The absent modality's posterior (modality 1 of sample 1) draws no sample that counts.
