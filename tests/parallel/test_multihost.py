@@ -85,9 +85,9 @@ def _start_through_the_environment(data_dir, workdir, *overrides):
   ]
 
 
-def _outputs(processes, timeout=120):
-  """Each process's (exit status, stdout, stderr); a process still running after `timeout` is
-  killed, and reported by its status -9."""
+def _outputs(processes, timeout):
+  """Each process's (exit status, stdout, stderr); a process still running after `timeout` seconds
+  is killed, and reported by its status -9."""
   outputs = []
   for process in processes:
     try:
@@ -105,7 +105,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(
   processes = _start_through_the_environment(data_dir, workdir)
   wait_for_step(workdir, 3, processes[0])  # process 0 writes the logs
   processes[1].send_signal(signal.SIGTERM)  # the other one alone is preempted
-  outputs = _outputs(processes)
+  outputs = _outputs(processes, timeout=120)  # stopping takes seconds; a process left alone trains on
 
   logged = _records(workdir)
   stopped_at = logged[-1]["step"]
@@ -119,7 +119,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(
 
   # Both go on from that checkpoint: the lines logged before it are kept as they were (their
   # wall-clock fields included), and the two processes end with one evaluation.
-  outputs = _outputs(_start_through_the_environment(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}"))
+  restarted = _start_through_the_environment(data_dir, workdir, f"--config.train.num_steps={stopped_at + 2}")
+  outputs = _outputs(restarted, timeout=600)
   for status, _, err in outputs:
     assert status == 0, err[-3000:]
   resumed = _records(workdir)
