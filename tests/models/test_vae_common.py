@@ -92,3 +92,13 @@ def test_configs_reject_an_unknown_kind_and_a_likelihood_of_another_kind(data_di
     experiment.validate_config(config)
   assert "model.likelihoods.audio.name: 'bernoulli' is not a valid choice; valid choices: ['gaussian', 'laplace']" in str(error.value)
   assert "model.likelihoods.caption.name: 'gaussian' is not a valid choice; valid choices: ['categorical']" in str(error.value)
+
+
+def test_the_caption_config_reads_three_modalities_with_every_section():
+  from configs import mvae_digits_caption
+
+  config = mvae_digits_caption.get_config()
+  experiment.validate_config(config)
+  assert tuple(config.model.modalities) == ("image", "label", "caption")
+  assert config.model.decoders.caption.name == "transformer" and config.model.likelihoods.caption.name == "categorical"
+  assert config.model.reference_classifiers.encoders.caption.name == "gru"
