@@ -21,9 +21,8 @@ def get_config():
   config.model.encoders.label.embedding.width = 128
   config.model.decoders.image.mlp.update(width=128, depth=2)
   config.model.decoders.label.mlp.update(width=128, depth=2)
-  weights = likelihood_rescaling({"image": (8, 8, 1), "label": (1,)}, reference="image")
-  config.model.likelihoods = dict(
-      image=likelihood_section("laplace", scale=0.75, link="sigmoid", weight=weights["image"]),
-      label=likelihood_section("categorical", weight=weights["label"]),
-  )
+  weights = likelihood_rescaling({"image": (8, 8, 1), "label": (1,), "caption": (16,)}, reference="image")
+  config.model.likelihoods.image = likelihood_section("laplace", scale=0.75, link="sigmoid", weight=weights["image"])
+  config.model.likelihoods.label.weight = weights["label"]
+  config.model.likelihoods.caption.weight = weights["caption"]  # read once model.modalities names it
   return config

@@ -66,19 +66,23 @@ def joint_coherence(predictions: Mapping[str, np.ndarray]) -> float:
 
 
 def reconstruction_error(values: jax.Array, targets: jax.Array) -> jax.Array:
-  """``[B]`` per-sample error: the mean squared error over the event for continuous values, and
-  whether the class differs for class indices.
+  """``[B]`` per-sample error, averaged over the event: the mean squared error for continuous
+  values (pixels, waveforms), the fraction of wrong entries for integers (a label's class: 0 or 1;
+  a text's tokens: the token error rate over its positions, pads included).
 
   >>> reconstruction_error(jnp.array([[0.0, 1.0]]), jnp.array([[0.0, 0.0]]))
   Array([0.5], dtype=float32)
   >>> reconstruction_error(jnp.array([3, 1]), jnp.array([3, 2]))
   Array([0., 1.], dtype=float32)
+  >>> reconstruction_error(jnp.array([[5, 7, 0, 0]]), jnp.array([[5, 6, 2, 0]]))
+  Array([0.5], dtype=float32)
   """
   checks.check_shape("reconstruction_error: values", values, jnp.shape(targets))
   if jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-    return (values != targets).astype(jnp.float32)
-  squared = jnp.square(values.astype(jnp.float32) - targets.astype(jnp.float32))
-  return jnp.mean(squared.reshape(squared.shape[0], -1), axis=1)
+    errors = (values != targets).astype(jnp.float32)
+  else:
+    errors = jnp.square(values.astype(jnp.float32) - targets.astype(jnp.float32))
+  return jnp.mean(errors.reshape(errors.shape[0], -1), axis=1)
 
 
 def _grid(model, modality: str, images) -> np.ndarray:
@@ -103,7 +107,8 @@ def evaluate_generative(model, variables, batches: Iterable, key: jax.Array) -> 
     ``coherence/<src>-><dst>``, ``coherence/joint`` and ``classifier_accuracy/<m>`` (with
     reference classifiers), ``log_likelihood``, ``reconstruction_error/<m>``, ``num_examples``,
     and uint8 image grids of each image modality (``images/reconstruction/<m>`` with the originals
-    above, ``images/<src>-><m>``, ``images/prior/<m>``).
+    above, ``images/<src>-><m>``, ``images/prior/<m>``); text and audio generations have no grid
+    (they are judged by their reference classifiers and reconstruction errors).
   """
   modalities, references = model.modalities, model.references
   sample_key, key = jax.random.split(key)

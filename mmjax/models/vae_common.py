@@ -11,6 +11,16 @@ The likelihood of each modality is a config section (`likelihood_section`)::
 
 ``weight`` multiplies the modality's log-likelihood in training (MVAE's label weight, MMVAE's
 rescaling: `mmjax.losses.likelihood_rescaling`); evaluation's ``log_likelihood`` uses weight 1.
+
+Every modality kind of the data layer decodes (`LIKELIHOODS`). Text is a categorical at each of
+the ``L`` positions of the padded token sequence, independent given the latent, as the text
+decoder's ``[B, L, vocab]`` logits are: its log-likelihood sums over all ``L`` positions, the pad
+positions included. Scoring the pads as targets is what teaches the decoder where a caption ends:
+generation takes the most likely token at every position at once (no autoregressive stop), so a
+decoder never trained to emit the pad token would fill every position after the end with words.
+MMVAE's reference code scores its padded CUB sentences the same way (a categorical at each of the
+32 positions). Audio is a Gaussian or Laplace over the waveform samples (decoder output ``linear``:
+`mmjax.decoders.audio.OUTPUTS`).
 """
 
 import math
@@ -31,11 +41,14 @@ from mmjax.models import decoder_configs, encoder_configs
 from mmjax.models.base import Batch, Objective, Variables
 from mmjax.schema import Field
 
-# Likelihood names valid for each modality kind.
+# Likelihood names valid for each modality kind: every kind of `mmjax.data.spec.KINDS` (the data
+# section's schema rejects any other kind, listing these).
 LIKELIHOODS = {
     "image": ("bernoulli", "gaussian", "laplace"),
     "vector": ("gaussian", "laplace", "bernoulli"),
     "label": ("categorical",),
+    "text": ("categorical",),
+    "audio": ("gaussian", "laplace"),
 }
 # Maps from a decoder's output to the mean of a Gaussian or Laplace likelihood.
 LINKS = {"identity": lambda x: x, "sigmoid": jax.nn.sigmoid}
@@ -48,7 +61,8 @@ def likelihood_section(name: str, *, scale: float = 0.75, learn_scale: bool = Fa
 
   Args:
     name: ``bernoulli`` (decoder gives logits; data in [0, 1]), ``gaussian``, ``laplace``, or
-      ``categorical`` (labels).
+      ``categorical`` (labels; text: one categorical per token position, pads included). Valid
+      names per modality kind: `LIKELIHOODS`.
     scale: the Gaussian standard deviation or Laplace scale (MMVAE: 0.75); the initial value if learned.
     learn_scale: learn one scale per modality.
     link: ``identity`` or ``sigmoid`` (MMVAE's Laplace means), from decoder output to the mean.
@@ -133,8 +147,13 @@ class VAEModule(nn.Module):
 def log_likelihood(section: Mapping, output: jax.Array, target: jax.Array, log_scale: jax.Array) -> jax.Array:
   """``[N]`` log-likelihoods of `target` under a modality's likelihood with decoder `output`.
 
+  A label's logits are ``[N, C]`` for ``int[N]`` targets; a text's ``[N, L, vocab]`` for
+  ``int[N, L]`` token ids, summed over the ``L`` positions (see the module docstring).
+
   >>> log_likelihood(likelihood_section("categorical"), jnp.zeros((1, 2)), jnp.array([1]), 0.0)
   Array([-0.6931...], dtype=float32)
+  >>> log_likelihood(likelihood_section("categorical"), jnp.zeros((1, 3, 4)), jnp.array([[2, 0, 0]]), 0.0)  # 3·log(1/4)
+  Array([-4.1588...], dtype=float32)
   """
   name = section["name"]
   if name == "bernoulli":
@@ -146,10 +165,13 @@ def log_likelihood(section: Mapping, output: jax.Array, target: jax.Array, log_s
 
 
 def mean_value(section: Mapping, output: jax.Array) -> jax.Array:
-  """A decoder output as data: the likelihood's mean (pixels), or the most likely class (labels).
+  """A decoder output as data: the likelihood's mean (pixels, waveforms), or the most likely class
+  (labels ``int32[N]``) or token at each position (text ``int32[N, L]``).
 
   >>> mean_value(likelihood_section("bernoulli"), jnp.zeros((1, 2))).tolist()
   [[0.5, 0.5]]
+  >>> mean_value(likelihood_section("categorical"), jnp.array([[[0.0, 1.0], [2.0, 1.0]]])).tolist()
+  [[1, 0]]
   """
   name = section["name"]
   if name == "bernoulli":
@@ -351,15 +373,13 @@ def config_schema(config, *, variational: bool = True, **family_fields: Field) -
 
 def config_problems(config, *, gaussian_only: bool = False, variational: bool = True) -> list[str]:
   """Problems shared by the families: modalities against the data, a decoder and a likelihood for
-  each, evaluation chunking, and (for products of experts) a Gaussian posterior."""
+  each, evaluation chunking, and (for products of experts) a Gaussian posterior. Every modality
+  kind decodes (`LIKELIHOODS`)."""
   model = config.model
   problems = encoder_configs.modalities_problems(config, model.modalities)
   if len(model.modalities) < 2:
     problems.append(f"model.modalities: a multimodal VAE needs at least two modalities, got {list(model.modalities)}")
   for m in model.modalities:
-    kind = config.data.modalities[m]["kind"] if m in config.data.modalities else None
-    if kind is not None and kind not in LIKELIHOODS:
-      problems.append(f"model.modalities: {m!r} is of kind {kind!r}; VAE families decode kinds {sorted(LIKELIHOODS)}")
     for section in ("decoders", "likelihoods"):
       if m not in model[section]:
         problems.append(f"model.{section}: no section for modality {m!r}")

@@ -31,6 +31,15 @@ def test_reconstruction_error_under_jit_and_vmap():
     coherence.reconstruction_error(jnp.zeros((2, 3)), jnp.zeros((2, 2)))
 
 
+def test_reconstruction_error_of_token_ids_is_the_token_error_rate():
+  tokens = jnp.array([[1, 5, 2, 0], [1, 7, 7, 2]], jnp.int32)
+  generated = jnp.array([[1, 5, 2, 2], [1, 6, 6, 0]], jnp.int32)
+  expected = [1 / 4, 3 / 4]  # wrong positions over all four, the pad included
+  np.testing.assert_allclose(jax.jit(coherence.reconstruction_error)(generated, tokens), expected)
+  per_row = jax.vmap(lambda v, t: coherence.reconstruction_error(v[None], t[None])[0])(generated, tokens)
+  np.testing.assert_allclose(per_row, expected)
+
+
 class _References:
   """Classifies an 'image' as its first pixel's value; labels are their own class."""
 

@@ -1,6 +1,7 @@
 """The mmae family on tiny mm_digits configs: training lowers its loss (with each correlation
 loss), the Generative API under jit, the loss against a hand computation, missing modalities
-change nothing, config problems, and a short run compiles everything once."""
+change nothing, a caption and (on mm_shapes) audio among the modalities, config problems, and a
+short run compiles everything once."""
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,15 @@ def test_generative_api_under_jit(data_dir):
 
 def test_training_with_missing_modalities(data_dir):
   vae_testing.check_missing_modalities(FAMILY, data_dir)
+
+
+def test_a_caption_modality(data_dir):
+  vae_testing.check_text_and_audio(FAMILY, vae_testing.tiny_config(FAMILY, data_dir, modalities=("image", "label", "caption")))
+
+
+@pytest.mark.slow
+def test_audio_and_caption_modalities(shapes_dir):
+  vae_testing.check_text_and_audio(FAMILY, vae_testing.tiny_shapes_config(FAMILY, shapes_dir))
 
 
 def test_config_problems_name_the_valid_fusions(data_dir):

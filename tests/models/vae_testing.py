@@ -5,31 +5,67 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import mmae_digits, mmvae_digits, mopoe_digits, mvae_digits
+from configs import mmae_digits, mmvae_digits, mopoe_digits, mvae_digits, vae_digits_base
 from mmjax import experiment
+from mmjax.data.input_pipeline import modality
 from tests.compilations import assert_compiles_once
 
 CONFIGS = {"mmae": mmae_digits, "mvae": mvae_digits, "mmvae": mmvae_digits, "mopoe": mopoe_digits}
 
 
-def tiny_config(family: str, data_dir: str, **train):
-  """The family's mm_digits config shrunk to run in seconds."""
+def _shrink(model, name: str, kind: str) -> None:
+  """Makes modality `name`'s encoder, decoder and judge tiny (whichever of its sections exist)."""
+  encoder, decoder, judge = model.encoders[name], model.decoders[name], model.reference_classifiers.encoders.get(name)
+  if kind == "image":
+    encoder.mlp.width = 16
+    decoder.mlp.update(width=16, depth=1)
+    judge.conv.channels = (4, 8)
+  elif kind == "label":
+    encoder.embedding.width = 16
+    decoder.mlp.update(width=16, depth=1)
+  elif kind == "text":
+    encoder.gru.width = 16
+    decoder.transformer.update(width=16, depth=1, num_heads=2, mlp_ratio=2)
+    judge.gru.width = 8
+  elif kind == "audio":
+    encoder.log_mel_cnn.channels = (4, 8)
+    decoder.conv_transpose.update(channels=(8, 4, 4, 4), kernel_size=9, output_kernel_size=9)
+    judge.log_mel_cnn.channels = (4, 8)
+
+
+def tiny_config(family: str, data_dir: str, modalities: tuple[str, ...] = ("image", "label"), **train):
+  """The family's mm_digits config shrunk to run in seconds, reading `modalities` (``caption``
+  is the third)."""
   config = CONFIGS[family].get_config()
   config.data.update(data_dir=data_dir, batch_size=16)
   model = config.model
-  model.update(features=16, latent_size=4)
+  model.update(features=16, latent_size=4, modalities=modalities)
   if "eval_samples" in model:  # the variational families
     model.update(eval_samples=4, eval_chunk_size=2, eval_prior_samples=128)  # the eval batch size: the judges compile once
-  model.encoders.image.mlp.width = 16
-  model.encoders.label.embedding.width = 16
-  model.decoders.image.mlp.update(width=16, depth=1)
-  model.decoders.label.mlp.update(width=16, depth=1)
+  for name, section in config.data.modalities.items():
+    _shrink(model, name, section["kind"])
   model.reference_classifiers.update(num_steps=4, batch_size=32, features=8)
-  model.reference_classifiers.encoders.image.conv.channels = (4, 8)
   if family == "mmvae":
     model.num_samples = 3
   config.train.update(dict(num_steps=4, log_every=2, eval_every=2, checkpoint_every=2, eval_batch_size=128))
   config.train.update(train)
+  return config
+
+
+def tiny_shapes_config(family: str, shapes_dir: str, **train):
+  """`tiny_config` on mm_shapes: image (32×32×3 in [0, 1]), audio and caption, each with the VAE
+  configs' default sections (`vae_digits_base.modality_sections`), shrunk."""
+  config = tiny_config(family, shapes_dir, **train)
+  config.data.name = "mm_shapes"
+  model = config.model
+  for section in (config.data.modalities, model.encoders, model.decoders, model.likelihoods, model.reference_classifiers.encoders):
+    for name in list(section):
+      del section[name]
+  for name, kind in (("image", "image"), ("audio", "audio"), ("caption", "text")):
+    options = {"scaling": "unit"} if kind == "image" else {}
+    vae_digits_base.add_modality(config, name, modality(name, kind, f"{name}_present", **options))
+    _shrink(model, name, kind)
+  model.modalities = ("image", "audio", "caption")
   return config
 
 
@@ -41,8 +77,9 @@ def check_compiles_once(family: str, data_dir: str, workdir: str, monkeypatch) -
   assert_compiles_once(config, workdir, monkeypatch)
 
 
-def build(family: str, data_dir: str, batch_size: int = 16, **model):
-  config = tiny_config(family, data_dir)
+def build(family: str, data_dir: str, batch_size: int = 16, config=None, **model):
+  """The family's model (of `config`, else `tiny_config`), a training batch and initial variables."""
+  config = tiny_config(family, data_dir) if config is None else config
   config.model.update(model)
   run = experiment.build(config)
   batch = run.data.train_dataset(batch_size, seed=0)[0]
@@ -98,6 +135,13 @@ def check_missing_modalities(family: str, data_dir: str) -> None:
   present = {"image": batch["present"]["image"] & ~absent, "label": batch["present"]["label"]}
   partial = {**batch, "present": present}
   garbage = {**partial, "image": jnp.where(absent[:, None, None, None], 1e3, batch["image"])}
+  loss = _check_absent_values_change_nothing(model, variables, partial, garbage)
+  assert losses_while_training(model, partial, variables, 20)[-1] < loss
+
+
+def _check_absent_values_change_nothing(model, variables, partial, garbage) -> float:
+  """The loss of `partial` and its gradient are finite, and equal those of `garbage` (other values
+  where modalities are absent); returns the loss."""
   value_and_grad = jax.jit(jax.value_and_grad(lambda p, b: model.loss(p, {}, b, jax.random.key(3), 5)[0]))
   loss, grads = value_and_grad(variables["params"], partial)
   assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
@@ -105,4 +149,39 @@ def check_missing_modalities(family: str, data_dir: str) -> None:
   np.testing.assert_allclose(garbage_loss, loss, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(garbage_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert losses_while_training(model, partial, variables, 20)[-1] < float(loss)
+  return float(loss)
+
+
+def check_text_and_audio(family: str, config) -> None:
+  """With a caption (and, on mm_shapes, audio) among the modalities: training lowers the loss, every
+  generation comes in the data's representation (token ids ``int32[B, L]`` in ``[0, vocab)``, a
+  float waveform), and a missing caption adds nothing to the loss or its gradient."""
+  model, batch, variables = build(family, config.data.data_dir, config=config)
+  values = losses_while_training(model, batch, variables, steps=20)
+  assert np.all(np.isfinite(values)) and np.mean(values[-5:]) < np.mean(values[:5]), values
+
+  key = jax.random.key(2)
+  reconstruction = jax.jit(model.reconstruct)(variables, batch, key)
+  for m in model.modalities:
+    assert reconstruction[m].shape == batch[m].shape, (m, reconstruction[m].shape)
+    assert reconstruction[m].dtype == (jnp.int32 if model.specs[m].kind in ("text", "label") else jnp.float32), m
+  vocab_size, length = model.specs["caption"].vocab_size, batch["caption"].shape[1]
+  without_caption = {**batch, "present": {**batch["present"], "caption": jnp.zeros_like(batch["present"]["caption"])}}
+  cross_generate = jax.jit(model.cross_generate, static_argnames="target")
+  caption = cross_generate(variables, without_caption, target="caption", rng=key)
+  assert caption.shape == batch["caption"].shape and caption.dtype == jnp.int32
+  assert 0 <= int(caption.min()) and int(caption.max()) < vocab_size
+  garbage = {**without_caption, "caption": (batch["caption"] + 7) % vocab_size}
+  np.testing.assert_array_equal(caption, cross_generate(variables, garbage, target="caption", rng=key))
+  if "audio" in model.modalities:
+    audio = cross_generate(variables, without_caption, target="audio", rng=key)
+    assert audio.shape == batch["audio"].shape and audio.dtype == jnp.float32 and np.all(np.isfinite(audio))
+  if model.has_prior:
+    samples = jax.jit(model.sample, static_argnums=1)(variables, 5, key)
+    assert samples["caption"].shape == (5, length) and samples["caption"].dtype == jnp.int32
+
+  # Half the captions missing: finite loss and gradients, and their token ids change nothing.
+  absent = np.arange(batch["caption"].shape[0]) % 2 == 0
+  partial = {**batch, "present": {**batch["present"], "caption": batch["present"]["caption"] & ~absent}}
+  scrambled = {**partial, "caption": jnp.where(absent[:, None], (batch["caption"] + 7) % vocab_size, batch["caption"])}
+  _check_absent_values_change_nothing(model, variables, partial, scrambled)
