@@ -38,7 +38,7 @@ caption                    1/6            0.158 ± 0.003    3
 image + audio              1/2            0.379 ± 0.021    3
 image + caption            1/2            0.379 ± 0.004    3
 audio + caption            1/3            0.322 ± 0.009    3
-image + audio + caption    1              0.782            1
+image + audio + caption    1              0.776 ± 0.008    3
 =========================  =============  ===============  =====
 
 Presence: ``image_present``, ``audio_present`` and ``caption_present`` flag each modality. The
