@@ -12,6 +12,7 @@ saving a checkpoint: run the same command again to continue.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -60,7 +61,30 @@ def _fail(command: str, error: Exception, status: int) -> None:
   sys.exit(status)
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The file named by ``--config=PATH[:ARG]`` or ``--config PATH[:ARG]`` (not the overrides)."""
+  for index, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":")[0]
+    if arg == "--config" and index + 1 < len(argv):
+      return argv[index + 1].split(":")[0]
+  return None
+
+
+def _let_config_import_its_siblings(argv: list[str]) -> None:
+  """Puts the folder above the config's folder on the import path, so that a config can build on
+  another as `configs/mvae_digits.py` does (``from configs import vae_digits_base``) wherever
+  `mmjax` is started from: the console script's own folder, not the working directory, is first
+  on its path."""
+  path = _config_path(argv)
+  if path:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+      sys.path.append(root)  # after the installed packages, which it must not shadow
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+  _let_config_import_its_siblings(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except AttributeError as error:

@@ -16,10 +16,10 @@ SMALL = [
 ]
 
 
-def _mmjax(*args, data_dir):
+def _mmjax(*args, data_dir, cwd=ROOT):
   env = {**os.environ, "MMJAX_DATA_DIR": data_dir}
   return subprocess.run(
-      [sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+      [sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
   )
 
 
@@ -52,6 +52,15 @@ def test_bad_overrides_fail_before_training(args, message, data_dir, tmp_path):
   assert done.returncode != 0
   assert message in done.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("form", ["--config={}", "--config {}"])
+def test_a_config_that_imports_its_siblings_loads_from_any_working_directory(form, data_dir, tmp_path):
+  # mvae_digits_caption imports mvae_digits, which imports vae_digits_base: two levels.
+  config = os.path.join(ROOT, "configs", "mvae_digits_caption.py")
+  done = _mmjax("train", *form.format(config).split(), data_dir=data_dir, cwd=str(tmp_path))
+  assert "ModuleNotFoundError" not in done.stderr, done.stderr[-3000:]
+  assert "--workdir is required." in done.stderr  # the config loaded; the missing workdir is next
 
 
 def test_eval_of_a_directory_without_a_run_says_so(data_dir, tmp_path):
