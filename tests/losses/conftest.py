@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 
-def _assert_close(got, want) -> None:
+def assert_trees_close(got, want) -> None:
+  """See the `assert_close` fixture (a function for `chex.TestCase` classes, which take no fixtures)."""
   for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     want_leaf = np.asarray(want_leaf)
     np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5 * max(np.max(np.abs(want_leaf)), 1e-3))
@@ -18,4 +19,4 @@ def assert_close():
   float32 losses sum up to B² terms, so a tolerance relative to each entry would fail on the
   gradient entries that are nearly zero.
   """
-  return _assert_close
+  return assert_trees_close

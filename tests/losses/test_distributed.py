@@ -5,13 +5,16 @@ Run with ``MMJAX_TEST_DEVICES=8 python -m pytest -m multidevice -p no:xdist test
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.sharding import PartitionSpec as P
 
 from mmjax import losses
+from tests.losses.conftest import assert_trees_close as assert_close
 
 pytestmark = pytest.mark.multidevice
 
@@ -79,25 +82,31 @@ def test_shard_map_without_vma_checks_equals_dense_global_loss(name, assert_clos
   assert_close(got, _dense_value_and_grads(name, image, text, scalars, mask))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_pmap_gives_global_loss_and_the_pmap_gradient_convention(name, assert_close):
-  image, text, scalars, mask = _inputs(name, seed=1)
-  split = lambda x: x.reshape(DEVICES, GLOBAL_BATCH // DEVICES, *x.shape[1:])
+class PmapTest(chex.TestCase):
+  """The losses under `jax.pmap` with ``axis_name``, through chex's pmap variant."""
 
-  def per_device(image, text, mask, scalars):
-    loss = lambda image, text, scalars: CASES[name][0](image, text, *scalars, mask=mask, axis_name="batch")
-    value, (d_image, d_text, d_scalars) = jax.value_and_grad(loss, argnums=(0, 1, 2))(image, text, scalars)
-    return value, d_image, d_text, jax.lax.pmean(d_scalars, "batch")
+  @chex.variants(with_pmap=True)
+  @parameterized.named_parameters((name, name) for name in sorted(CASES))
+  def test_pmap_gives_global_loss_and_the_pmap_gradient_convention(self, name):
+    image, text, scalars, mask = _inputs(name, seed=1)
+    split = lambda x: x.reshape(DEVICES, GLOBAL_BATCH // DEVICES, *x.shape[1:])
 
-  mapped = jax.pmap(per_device, axis_name="batch", in_axes=(0, 0, 0, None))
-  value, d_image, d_text, d_scalars = mapped(split(image), split(text), split(mask), scalars)
-  dense_value, dense_grads = _dense_value_and_grads(name, image, text, scalars, mask)
-  # Every device returns the global loss; pmap differentiates the sum of the 8 identical copies,
-  # so embedding gradients are 8x the dense ones and the pmean of replicated ones is exact.
-  assert_close(value, np.full(DEVICES, dense_value))
-  assert_close(d_image.reshape(image.shape) / DEVICES, dense_grads[0])
-  assert_close(d_text.reshape(text.shape) / DEVICES, dense_grads[1])
-  assert_close([d[0] for d in d_scalars], dense_grads[2:])
+    def per_device(image, text, mask, scalars):
+      loss = lambda image, text, scalars: CASES[name][0](image, text, *scalars, mask=mask, axis_name="batch")
+      value, (d_image, d_text, d_scalars) = jax.value_and_grad(loss, argnums=(0, 1, 2))(image, text, scalars)
+      return value, d_image, d_text, jax.lax.pmean(d_scalars, "batch")
+
+    mapped = self.variant(per_device, axis_name="batch", in_axes=(0, 0, 0, None), n_devices=DEVICES,
+                          broadcast_args_to_devices=False, reduce_fn="identity")
+    value, d_image, d_text, d_scalars = mapped(split(image), split(text), split(mask), scalars)
+    chex.assert_shape(value, (DEVICES,))
+    dense_value, dense_grads = _dense_value_and_grads(name, image, text, scalars, mask)
+    # Every device returns the global loss; pmap differentiates the sum of the 8 identical copies,
+    # so embedding gradients are 8x the dense ones and the pmean of replicated ones is exact.
+    assert_close(value, np.full(DEVICES, dense_value))
+    assert_close(d_image.reshape(image.shape) / DEVICES, dense_grads[0])
+    assert_close(d_text.reshape(text.shape) / DEVICES, dense_grads[1])
+    assert_close([d[0] for d in d_scalars], dense_grads[2:])
 
 
 @pytest.mark.parametrize("name", ["siglip", "chunked_siglip"])
