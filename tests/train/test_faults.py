@@ -127,3 +127,72 @@ def test_interrupted_says_which_signal_and_step():
   error = faults.Interrupted(12, "SIGTERM")
   assert (error.step, error.signal_name) == (12, "SIGTERM")
   assert str(error) == "stopped by SIGTERM after step 12; checkpoint 12 saved. Run the same command again to continue."
+
+
+def test_nonfinite_terms_skips_counters_and_keeps_negative_infinity():
+  metrics = {"skipped_steps": 2, "loss": 1.5, "grad_norm": float("-inf"), "logit_scale": float("nan")}
+  assert faults.nonfinite_terms(metrics) == ["grad_norm", "logit_scale"]
+  assert faults.nonfinite_terms({"loss": 0.25, "skipped_steps": 0}) == []
+
+
+@pytest.mark.parametrize(
+    "in_a_row, repeated", [(1, ""), (2, " (2 steps in a row)"), (5, " (5 steps in a row)")]
+)
+def test_nonfinite_error_names_step_terms_and_streak(in_a_row, repeated):
+  error = faults.NonFiniteError(9, ["grad_norm", "loss"], in_a_row)
+  assert (error.step, error.terms) == (9, ["grad_norm", "loss"])
+  assert str(error) == (
+      f"step 9: non-finite grad_norm, loss{repeated}. The update was not applied; the last good "
+      "parameters were saved as checkpoint 9. Lower the learning rate, check the data, or set "
+      "train.nonfinite_policy='skip'."
+  )
+
+
+def test_signal_is_logged_when_received(caplog):
+  import signal
+
+  with faults.StopSignals():
+    _signal_self(signal.SIGTERM)
+  assert "SIGTERM received: stopping after the current step" in caplog.text
+
+
+def test_outside_the_main_thread_no_handler_is_installed_and_a_warning_says_so(caplog):
+  import signal
+  import threading
+
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  seen = {}
+
+  def train():
+    with faults.StopSignals() as stop:
+      seen["handlers"] = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+      seen["requested"] = stop.requested(1)
+
+  thread = threading.Thread(target=train)
+  thread.start()
+  thread.join()
+  assert seen == {"handlers": before, "requested": False}
+  assert "training outside the main thread: SIGTERM/SIGINT will not save a checkpoint first" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "received, synced, requested, received_after",
+    [
+        (None, False, False, None),
+        ("SIGTERM", False, False, "SIGTERM"),  # this process alone must not stop before the others
+        (None, True, True, "preemption notice"),  # another process was preempted
+        ("SIGTERM", True, True, "SIGTERM"),
+    ],
+)
+def test_multi_process_runs_stop_when_the_preemption_sync_point_is_reached(
+    monkeypatch, received, synced, requested, received_after
+):
+  from jax.experimental import multihost_utils
+
+  steps = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: steps.append(step) or synced)
+  stop = faults.StopSignals()
+  stop.received = received
+  assert stop.requested(41) is requested
+  assert steps == [41] and stop.received == received_after
