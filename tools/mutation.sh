@@ -6,7 +6,8 @@
 #
 # Environment: PYTHON (the interpreter with mutmut), MUTATION_DIR (where the copies go),
 # MUTATION_PYTEST_K (a pytest -k expression narrowing the tests), MUTATION_MAX_CHILDREN (mutants
-# tested at once; default 1, as each test run already uses every core through XLA).
+# tested at once; default 1, as each test run already uses every core through XLA),
+# MUTATION_ISOLATION (mutmut's process_isolation: forkserver, the default, or fork).
 #
 # Each target runs in a fresh copy of the committed tree (git archive HEAD) under
 # ${MUTATION_DIR:-/tmp/mmjax-mutation}/TARGET, so the working tree is never touched, and ends with
@@ -48,6 +49,10 @@ for target in "${targets[@]}"; do
     # made without the mutant is never replayed in its place.
     echo "pytest_add_cli_args ="; printf '  %s\n' -p no:xdist -p mutation_pytest_plugin -o addopts=--import-mode=importlib
     if [ -n "${MUTATION_PYTEST_K:-}" ]; then printf '  %s\n' -k "$MUTATION_PYTEST_K"; fi
+    # Mutants run in processes forked from a server that has only collected the tests: forked from
+    # mutmut's own process (which ran the suite), they inherit Orbax's and TensorStore's state
+    # without the threads behind it and hang on the first checkpoint they read.
+    echo "process_isolation = ${MUTATION_ISOLATION:-forkserver}"
   } > "$dir/setup.cfg"
   echo "== $target: mutating ${PATHS[$target]} against ${TESTS[$target]}"
   (cd "$dir" && export PYTHONPATH="$dir/tools${PYTHONPATH:+:$PYTHONPATH}" &&

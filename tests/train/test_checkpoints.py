@@ -156,7 +156,10 @@ def test_fingerprints_are_the_saved_format():
   """Checkpoints store these numbers (format 1): they must not change between versions, or every
   existing checkpoint would fail to verify."""
   tree = {
-      "params": {"kernel": np.linspace(-2, 3, 12, dtype=np.float32).reshape(3, 4), "half": np.arange(5, dtype=np.float16)},
+      "params": {
+          "kernel": np.linspace(-2, 3, 12, dtype=np.float32).reshape(3, 4),
+          "half": np.arange(5, dtype=np.float16),
+      },
       "flags": np.array([True, False, True]),
       "key": np.array([7, 2**31 + 5], np.uint32),
       "step": np.int32(-3),
