@@ -3,6 +3,7 @@
 import glob
 import os
 import shutil
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -186,7 +187,12 @@ def test_fingerprints_change_when_values_swap_places():
 
 
 def _state(step: int) -> dict:
-  return {"w": np.full((2, 3), float(step), np.float32), "count": np.array([step], np.int32)}
+  return {
+      "w": np.full((2, 3), float(step), np.float32),
+      "b": np.arange(3, dtype=np.float32) * step,
+      "scale": np.float32(step / 2),
+      "count": np.array([step], np.int32),
+  }
 
 
 ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0))
@@ -243,8 +249,8 @@ def test_wrong_arrays_are_reported_quarantined_and_the_previous_checkpoint_resto
   [quarantined] = os.listdir(f"{directory}_corrupt")
   assert quarantined.startswith("3-") and len(quarantined) == len("3-20260101-120000")
   assert reports == [
-      f"checkpoint 3 is unusable (ValueError: 2 arrays do not match their saved fingerprints, e.g. "
-      f"['count', 'w']); moved to {directory}_corrupt/{quarantined}"
+      f"checkpoint 3 is unusable (ValueError: 4 arrays do not match their saved fingerprints, e.g. "
+      f"['b', 'count', 'scale']); moved to {directory}_corrupt/{quarantined}"
   ]
   assert sorted(os.listdir(directory)) == ["1", "2"]
 
@@ -278,14 +284,20 @@ def test_no_checkpoint_restores_nothing(tmp_path):
 def test_another_model_is_refused_with_the_differing_arrays_and_nothing_moves(tmp_path):
   directory = tmp_path / "ckpt"
   _saved(directory, (1,))
-  wider = {"w": jax.ShapeDtypeStruct((2, 4), np.float32), "count": ABSTRACT["count"], "extra": ABSTRACT["count"]}
+  wider = {
+      **ABSTRACT,
+      "w": jax.ShapeDtypeStruct((2, 4), np.float32),
+      "b": jax.ShapeDtypeStruct((4,), np.float32),
+      "extra": ABSTRACT["count"],
+      "more": ABSTRACT["count"],
+  }
   reader = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
   with pytest.raises(checkpoints.CheckpointError) as error:
     reader.restore_latest(wider, report=pytest.fail)
   reader.close()
   assert str(error.value) == (
       f"checkpoint 1 in {directory} holds a different model or optimizer than this config builds "
-      "(2 arrays differ, e.g. extra: saved None, now (1,), w: saved (2, 3), now (2, 4)). "
+      "(4 arrays differ, e.g. b: saved (3,), now (4,), extra: saved None, now (1,), more: saved None, now (1,)). "
       "Use the config the run started with, or another workdir."
   )
   assert os.listdir(directory) == ["1"] and not os.path.exists(f"{directory}_corrupt")
@@ -318,9 +330,78 @@ def test_quarantine_moves_files_only_on_the_first_process(tmp_path, monkeypatch)
 
 def test_abstract_with_shardings_keeps_shapes_and_dtypes_and_adds_the_shardings():
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = checkpoints.abstract_with_shardings(ABSTRACT, {"w": sharding, "count": sharding})
+  abstract = checkpoints.abstract_with_shardings(ABSTRACT, jax.tree.map(lambda _: sharding, ABSTRACT))
   assert abstract == {
       "w": jax.ShapeDtypeStruct((2, 3), np.float32, sharding=sharding),
+      "b": jax.ShapeDtypeStruct((3,), np.float32, sharding=sharding),
+      "scale": jax.ShapeDtypeStruct((), np.float32, sharding=sharding),
       "count": jax.ShapeDtypeStruct((1,), np.int32, sharding=sharding),
   }
   assert abstract["w"].sharding == sharding
+
+
+def test_the_saved_integrity_record_and_a_fingerprint_missing_from_it(tmp_path):
+  import json
+
+  directory = tmp_path / "ckpt"
+  _saved(directory, (1, 2))
+  with open(directory / "2" / "integrity" / "metadata") as f:
+    integrity = json.load(f)
+  assert integrity == {"format": 1, "fingerprint": checkpoints.fingerprint(_state(2))}
+  del integrity["fingerprint"]["w"]  # a damaged record: an array it does not vouch for is not trusted
+  with open(directory / "2" / "integrity" / "metadata", "w") as f:
+    json.dump(integrity, f)
+  reports = []
+  reader = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
+  step, _, _ = reader.restore_latest(ABSTRACT, report=reports.append)
+  reader.close()
+  assert step == 1
+  assert [report.split(";")[0] for report in reports] == [
+      "checkpoint 2 is unusable (ValueError: 1 arrays do not match their saved fingerprints, e.g. ['w'])"
+  ]
+
+
+class _State(NamedTuple):
+  params: dict
+  step: np.ndarray
+
+
+def test_restores_into_the_structure_and_dtypes_of_the_abstract_state(tmp_path):
+  state = _State(params={"w": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)}, step=np.int32(5))
+  saver = checkpoints.Checkpointer(str(tmp_path), every=1, keep=None, asynchronous=False)
+  saver.save(5, state, {"position": 5})
+  saver.close()
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoints.abstract_with_shardings(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state),
+      jax.tree.map(lambda _: sharding, state),
+  )
+  reader = checkpoints.Checkpointer(str(tmp_path), every=1, keep=None, asynchronous=False)
+  restored, data_state = reader.restore(5, abstract)
+  reader.close()
+  assert type(restored) is _State and data_state == {"position": 5}
+  assert restored.params["w"].sharding == sharding and restored.step.dtype == np.int32
+  np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+  assert int(restored.step) == 5
+
+
+def test_array_metadata_without_shapes_is_damage(tmp_path, monkeypatch):
+  directory = tmp_path / "ckpt"
+  _saved(directory, (1,))
+  reader = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
+  # Metadata Orbax could parse only partly: entries that are not array metadata.
+  monkeypatch.setattr(reader._manager, "item_metadata", lambda step: {"state": {"w": object(), "count": object()}})
+  with pytest.raises(ValueError, match="^the array metadata cannot be read$"):
+    reader.restore(1, ABSTRACT)
+  reader.close()
+
+
+def test_what_an_interrupted_save_left_behind_is_removed_on_open(tmp_path):
+  directory = tmp_path / "ckpt"
+  _saved(directory, (1,))
+  leftover = directory / "2.orbax-checkpoint-tmp-1764763200"  # Orbax's name for a save in progress
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "partial").write_bytes(b"half a write")
+  reader = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
+  reader.close()
+  assert os.listdir(directory) == ["1"]
