@@ -132,6 +132,10 @@ def test_mmvae_laplace_scale_is_softmax_over_latents_times_dimension_plus_floor(
   assert np.all(np.asarray(grad) != 0)
   extreme = DiagonalLaplace.from_mmvae_logits(jnp.zeros((1, 3)), jnp.array([[0.0, -1e4, 1e4]]))
   np.testing.assert_allclose(extreme.scale, [[1e-6, 1e-6, 3 + 1e-6]], rtol=1e-4)
+  # Any leading dimensions (here samples × batch): the softmax is over the last, of size D.
+  stacked = rng.normal(scale=2.0, size=(2, 3, 4))
+  q = DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3, 4)), jnp.asarray(stacked, jnp.float32))
+  np.testing.assert_allclose(q.scale, special.softmax(stacked, axis=-1) * 4 + 1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -182,7 +186,8 @@ def test_vmap_over_a_stack_of_distributions():
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((5, 2, 4))), r"DiagonalLaplace.log_prob: z: expected shape \(\?, 2, 3\), got \(5, 2, 4\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), r"DiagonalLaplace.sample: num_samples: expected a positive Python int"),
         (lambda: DiagonalGaussian(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))).kl_to_standard_normal(), r"mean: expected a float array"),
-        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"from_mmvae_logits: logits: expected shape \(2, 3\)"),
+        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"^DiagonalLaplace.from_mmvae_logits: logits: expected shape \(2, 3\)"),
+        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))), r"^DiagonalLaplace.from_mmvae_logits: loc: expected a float array"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((3, 4), bool)), r"mixture_log_prob: present: expected shape \(M, B\) with M=2, B=4, got \(3, 4\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((5, 3))), r"mixture_log_prob: z: expected shape \(4, 3\), got \(5, 3\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), r"mixture_log_prob: components.log_variance: expected shape \(M, B, D\) with M=2, B=4, D=3, got \(2, 5, 3\)"),
