@@ -402,6 +402,9 @@ def test_what_an_interrupted_save_left_behind_is_removed_on_open(tmp_path):
   leftover = directory / "2.orbax-checkpoint-tmp-1764763200"  # Orbax's name for a save in progress
   (leftover / "state").mkdir(parents=True)
   (leftover / "state" / "partial").write_bytes(b"half a write")
-  reader = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
-  reader.close()
-  assert os.listdir(directory) == ["1"]
+  # The run restarts and saves again: Orbax removes the leftovers in the background and waits for
+  # that before its first save.
+  restarted = checkpoints.Checkpointer(str(directory), every=1, keep=None, asynchronous=False)
+  assert restarted.save(2, _state(2), {"position": 2})
+  restarted.close()
+  assert sorted(os.listdir(directory)) == ["1", "2"]
