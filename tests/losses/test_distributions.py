@@ -110,6 +110,18 @@ def test_stop_gradient_keeps_values_and_cuts_parameter_gradients():
   assert np.all(np.asarray(grads[1]) != 0)
 
 
+def test_laplace_samples_are_loc_plus_scale_times_the_keys_standard_laplace_draws():
+  loc, log_scale = np.array([[0.5, -1.0, 2.0]], np.float32), np.array([[0.0, 1.0, -2.0]], np.float32)
+  key = jax.random.key(3)
+  noise = np.asarray(jax.random.laplace(key, (4, 1, 3), jnp.float32), np.float64)
+  want = loc + np.exp(log_scale.astype(np.float64)) * noise
+  np.testing.assert_allclose(DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).sample(key, 4), want, rtol=1e-6)
+  with jax.enable_x64(True):
+    samples = DiagonalLaplace(jnp.asarray(loc, jnp.float64), jnp.asarray(log_scale, jnp.float64)).sample(key, 4)
+    assert samples.dtype == jnp.float32
+  np.testing.assert_allclose(samples, want, rtol=1e-6)
+
+
 def test_accessors():
   gaussian = DiagonalGaussian(jnp.array([1.0]), jnp.log(jnp.array([4.0])))
   np.testing.assert_allclose([gaussian.scale[0], gaussian.variance[0]], [2.0, 4.0], rtol=1e-6)
@@ -185,6 +197,7 @@ def test_vmap_over_a_stack_of_distributions():
         (lambda: DiagonalGaussian(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((3, 3))), r"DiagonalGaussian.log_prob: z: expected shape \(2, 3\), got \(3, 3\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((5, 2, 4))), r"DiagonalLaplace.log_prob: z: expected shape \(\?, 2, 3\), got \(5, 2, 4\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), r"DiagonalLaplace.sample: num_samples: expected a positive Python int"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).sample(jax.random.key(0), 1), r"^DiagonalLaplace.sample: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
         (lambda: DiagonalGaussian(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))).kl_to_standard_normal(), r"mean: expected a float array"),
         (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"^DiagonalLaplace.from_mmvae_logits: logits: expected shape \(2, 3\)"),
         (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))), r"^DiagonalLaplace.from_mmvae_logits: loc: expected a float array"),

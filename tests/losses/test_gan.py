@@ -317,6 +317,18 @@ def test_lazy_r1_is_zero_off_schedule_and_scaled_on_it_with_one_compilation():
   assert len(traces) == 1
 
 
+def test_lazy_r1_defaults_to_stylegan2_every_16_steps_and_respects_the_mask():
+  real = jnp.asarray(_rows(5, 4))
+  mask = jnp.array([True, False, True, False])
+  critic = quadratic_critic(jnp.ones(DIM, jnp.float32))
+  due = [int(step) for step in range(34) if float(losses.lazy_r1_penalty(critic, real, step, gamma=2.0)) != 0.0]
+  assert due == [0, 16, 32]
+  # On a due step: 16 × the R1 penalty of the unmasked rows only, γ/2 · mean ‖∇D(x)‖².
+  gradients = np.asarray(real, np.float64) @ A.T + 1.0
+  want = 16 * 1.0 * np.mean(np.sum(gradients[[0, 2]] ** 2, axis=1))
+  np.testing.assert_allclose(losses.lazy_r1_penalty(critic, real, 32, gamma=2.0, mask=mask), want, rtol=1e-5)
+
+
 def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
   calls = []
 
@@ -346,6 +358,9 @@ def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
         (lambda: losses.r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), mask=jnp.ones(5, bool)), r"r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
         (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, every=0), r"every must be a positive int, got 0"),
         (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.float32(0.0)), r"lazy_r1_penalty: step: expected an int array"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.zeros(2, jnp.int32)), r"lazy_r1_penalty: step: expected shape \(\), got \(2,\)"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3), jnp.int32), 0), r"^lazy_r1_penalty: real: expected a float array"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, mask=jnp.ones(5, bool)), r"lazy_r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message):
