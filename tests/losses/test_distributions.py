@@ -101,8 +101,9 @@ def test_laplace_kl_is_finite_at_extreme_parameters():
   assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def test_stop_gradient_keeps_values_and_cuts_parameter_gradients():
-  q = DiagonalGaussian(jnp.array([[0.3, -0.2]]), jnp.array([[0.1, 0.4]]))
+@pytest.mark.parametrize("cls", [DiagonalGaussian, DiagonalLaplace])
+def test_stop_gradient_keeps_values_and_cuts_parameter_gradients(cls):
+  q = cls(jnp.array([[0.3, -0.2]]), jnp.array([[0.1, 0.4]]))
   z = jnp.array([[1.0, 2.0]])
   np.testing.assert_array_equal(q.stop_gradient().log_prob(z), q.log_prob(z))
   grads = jax.grad(lambda q, z: q.stop_gradient().log_prob(z).sum(), argnums=(0, 1))(q, z)
