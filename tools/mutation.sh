@@ -7,7 +7,10 @@
 # Environment: PYTHON (the interpreter with mutmut), MUTATION_DIR (where the copies go),
 # MUTATION_PYTEST_K (a pytest -k expression narrowing the tests), MUTATION_MAX_CHILDREN (mutants
 # tested at once; default 1, as each test run already uses every core through XLA),
-# MUTATION_ISOLATION (mutmut's process_isolation: forkserver, the default, or fork).
+# MUTATION_ISOLATION (mutmut's process_isolation: forkserver, the default, or fork),
+# MUTATION_MUTANTS (mutant names or fnmatch patterns to run, e.g. 'mmjax.losses.chunked.*';
+# default: all). The loss code that runs only with an axis name is reached by
+# tests/losses/test_distributed.py, which needs MMJAX_TEST_DEVICES=8 in the environment.
 #
 # Each target runs in a fresh copy of the committed tree (git archive HEAD) under
 # ${MUTATION_DIR:-/tmp/mmjax-mutation}/TARGET, so the working tree is never touched, and ends with
@@ -56,5 +59,6 @@ for target in "${targets[@]}"; do
   } > "$dir/setup.cfg"
   echo "== $target: mutating ${PATHS[$target]} against ${TESTS[$target]}"
   (cd "$dir" && export PYTHONPATH="$dir/tools${PYTHONPATH:+:$PYTHONPATH}" &&
-    "$PYTHON" -m mutmut run --max-children "${MUTATION_MAX_CHILDREN:-1}" && "$PYTHON" -m mutmut results) || true
+    "$PYTHON" -m mutmut run --max-children "${MUTATION_MAX_CHILDREN:-1}" ${MUTATION_MUTANTS:-} &&
+    "$PYTHON" -m mutmut results) || true
 done
