@@ -58,7 +58,7 @@ for target in "${targets[@]}"; do
     echo "process_isolation = ${MUTATION_ISOLATION:-forkserver}"
   } > "$dir/setup.cfg"
   echo "== $target: mutating ${PATHS[$target]} against ${TESTS[$target]}"
-  (cd "$dir" && export PYTHONPATH="$dir/tools${PYTHONPATH:+:$PYTHONPATH}" &&
+  (set -f && cd "$dir" && export PYTHONPATH="$dir/tools${PYTHONPATH:+:$PYTHONPATH}" &&
     "$PYTHON" -m mutmut run --max-children "${MUTATION_MAX_CHILDREN:-1}" ${MUTATION_MUTANTS:-} &&
     "$PYTHON" -m mutmut results) || true
 done
