@@ -122,6 +122,12 @@ def test_laplace_samples_are_loc_plus_scale_times_the_keys_standard_laplace_draw
     assert samples.dtype == jnp.float32
   np.testing.assert_allclose(samples, want, rtol=1e-6)
 
+  # Densities too: float32 from 64-bit points, equal to scipy's.
+  with jax.enable_x64(True):
+    log_prob = DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).log_prob(jnp.asarray(want[0]))
+    assert log_prob.dtype == jnp.float32
+  np.testing.assert_allclose(log_prob, stats.laplace.logpdf(want[0], loc, np.exp(log_scale)).sum(-1), rtol=1e-5)
+
 
 def test_accessors():
   gaussian = DiagonalGaussian(jnp.array([1.0]), jnp.log(jnp.array([4.0])))
@@ -199,6 +205,8 @@ def test_vmap_over_a_stack_of_distributions():
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((5, 2, 4))), r"DiagonalLaplace.log_prob: z: expected shape \(\?, 2, 3\), got \(5, 2, 4\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), r"DiagonalLaplace.sample: num_samples: expected a positive Python int"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).sample(jax.random.key(0), 1), r"^DiagonalLaplace.sample: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).log_prob(jnp.zeros((2, 3))), r"^DiagonalLaplace.log_prob: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).kl_to_standard_laplace(), r"^DiagonalLaplace.kl_to_standard_laplace: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
         (lambda: DiagonalGaussian(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))).kl_to_standard_normal(), r"mean: expected a float array"),
         (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"^DiagonalLaplace.from_mmvae_logits: logits: expected shape \(2, 3\)"),
         (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))), r"^DiagonalLaplace.from_mmvae_logits: loc: expected a float array"),

@@ -210,6 +210,7 @@ def test_likelihood_rescaling_of_mmvae():
         (lambda: losses.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2, 3))), r"gaussian_log_likelihood: log_scale: expected shape \(\) .*\(3,\).*\(2, 3\).*got \(2,\)"),
         (lambda: losses.laplace_log_likelihood(jnp.zeros(()), 0.0, jnp.zeros(())), r"laplace_log_likelihood: loc: expected shape \(B,\), got \(\)"),
         (lambda: losses.gaussian_log_likelihood(jnp.zeros(()), 0.0, jnp.zeros(())), r"^gaussian_log_likelihood: mean: expected shape \(B,\), got \(\)"),
+        (lambda: losses.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32), jnp.zeros((2, 3))), r"^gaussian_log_likelihood: log_scale: expected a float array"),
         (lambda: losses.bernoulli_log_likelihood(jnp.zeros(()), jnp.zeros(())), r"^bernoulli_log_likelihood: logits: expected shape \(B,\), got \(\)"),
         (lambda: losses.categorical_log_likelihood(jnp.zeros((5,)), jnp.zeros((5,), jnp.int32)), r"^categorical_log_likelihood: logits: expected shape \(B, C\), got \(5,\)"),
         (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5), jnp.int32), jnp.zeros((2,), jnp.int32)), r"^categorical_log_likelihood: logits: expected a float array"),
