@@ -427,6 +427,8 @@ def test_kl_warmup_is_float32_even_from_64_bit_inputs():
     weight = losses.kl_warmup(jnp.int64(2), jnp.int64(8), beta=jnp.float64(0.5))
     assert weight.dtype == jnp.float32 and float(weight) == 0.5 * 3 / 8
     assert losses.kl_warmup(2, 8, beta=0.5).dtype == jnp.float32
+    # Steps and warm-up lengths given as floats (nothing requires ints) still give float32.
+    assert losses.kl_warmup(jnp.float64(2.0), jnp.float64(8.0), beta=0.5).dtype == jnp.float32
 
 
 @pytest.mark.parametrize(

@@ -329,6 +329,15 @@ def test_lazy_r1_defaults_to_stylegan2_every_16_steps_and_respects_the_mask():
   np.testing.assert_allclose(losses.lazy_r1_penalty(critic, real, 32, gamma=2.0, mask=mask), want, rtol=1e-5)
 
 
+def test_lazy_r1_is_float32_on_and_off_schedule_even_with_64_bit_inputs():
+  real = _rows(6, 4)
+  with jax.enable_x64(True):
+    critic = quadratic_critic(jnp.ones(DIM))
+    penalties = [losses.lazy_r1_penalty(critic, jnp.asarray(real), jnp.int64(step), every=2) for step in (0, 1)]
+    assert [penalty.dtype for penalty in penalties] == [jnp.float32, jnp.float32]
+  assert float(penalties[1]) == 0.0 and float(penalties[0]) > 0.0
+
+
 def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
   calls = []
 
