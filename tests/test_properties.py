@@ -45,6 +45,30 @@ def _compiled(name, chunk_size):
   return jax.jit(jax.value_and_grad(_loss(name, chunk_size), argnums=(0, 1, 2, 3)))
 
 
+def _gradient_term_sizes(first, second, log_scale) -> tuple[float, float, float, float]:
+  """The largest terms summed into each gradient of a contrastive loss (first, second, log scale,
+  bias): ``scale·|second|``, ``scale·|first|``, the largest logit, and 1 (probabilities)."""
+  scale = float(np.exp(np.float64(log_scale)))
+  largest = lambda x: float(np.max(np.abs(x), initial=0.0))
+  logits = scale * largest(np.asarray(first, np.float64) @ np.asarray(second, np.float64).T)
+  return scale * largest(second), scale * largest(first), logits, 1.0
+
+
+def test_chunked_gradients_agree_with_dense_where_large_terms_cancel():
+  """The case Hypothesis found: every text the same vector of 6100s, images zero, so every
+  gradient is exactly 0 and what the two losses return is rounding of terms of size 6100."""
+  first, second = np.zeros((5, 3), np.float32), np.full((5, 3), 6100.0, np.float32)
+  mask = np.array([False, False, True, True, True])
+  log_scale, bias = np.float32(0.0), np.float32(0.0)
+  value, grads = _compiled("chunked_clip_loss", 1)(first, second, log_scale, bias, mask)
+  dense_value, dense_grads = _compiled("clip_loss", None)(first, second, log_scale, bias, mask)
+  np.testing.assert_allclose(value, dense_value, rtol=1e-6)
+  np.testing.assert_allclose(value, np.log(3.0), rtol=1e-6)  # three equally likely partners
+  for grad, dense_grad, cancelling in zip(grads, dense_grads, _gradient_term_sizes(first, second, log_scale)):
+    bound = 4 * 5 * np.finfo(np.float32).eps * cancelling + 1e-6
+    assert np.max(np.abs(np.asarray(grad))) <= bound and np.max(np.abs(np.asarray(dense_grad))) <= bound
+
+
 @SETTINGS
 @given(
     name=st.sampled_from(LOSS_NAMES),
@@ -68,8 +92,14 @@ def test_losses_and_gradients_are_finite_on_extreme_finite_inputs(name, batch, d
     # Not only finite and ≥ 0: the value and gradients of the dense loss, at logits up to ~1e10.
     dense_value, dense_grads = _compiled(name.removeprefix("chunked_"), None)(first, second, log_scale, bias, mask)
     np.testing.assert_allclose(value, dense_value, rtol=1e-5, atol=1e-5)
-    for grad, dense_grad in zip(grads, dense_grads):
-      np.testing.assert_allclose(grad, dense_grad, rtol=1e-4, atol=1e-4 * max(1.0, float(np.max(np.abs(dense_grad)))))
+    sizes = _gradient_term_sizes(first, second, log_scale)
+    largest_logit = sizes[2]
+    for grad, dense_grad, cancelling in zip(grads, dense_grads, sizes):
+      # Float32 rounding, which the two summation orders make differently: a gradient is a sum of
+      # B probability-weighted terms (all of `second` equal: exactly 0, and rounding of the terms
+      # is all that is left), and each probability is only as exact as its logit, ε·|logit|.
+      rounding = 4 * batch * np.finfo(np.float32).eps * cancelling * (1 + largest_logit)
+      np.testing.assert_allclose(grad, dense_grad, rtol=1e-4, atol=1e-4 * max(1.0, float(np.max(np.abs(dense_grad)))) + rounding)
   # Masked-out rows neither contribute nor receive gradient.
   assert not np.any(np.asarray(grads[0])[~mask])
 

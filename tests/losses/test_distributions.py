@@ -107,13 +107,32 @@ def test_laplace_kl_is_finite_at_extreme_parameters():
   assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def test_stop_gradient_keeps_values_and_cuts_parameter_gradients():
-  q = DiagonalGaussian(jnp.array([[0.3, -0.2]]), jnp.array([[0.1, 0.4]]))
+@pytest.mark.parametrize("cls", [DiagonalGaussian, DiagonalLaplace])
+def test_stop_gradient_keeps_values_and_cuts_parameter_gradients(cls):
+  q = cls(jnp.array([[0.3, -0.2]]), jnp.array([[0.1, 0.4]]))
   z = jnp.array([[1.0, 2.0]])
   np.testing.assert_array_equal(q.stop_gradient().log_prob(z), q.log_prob(z))
   grads = jax.grad(lambda q, z: q.stop_gradient().log_prob(z).sum(), argnums=(0, 1))(q, z)
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads[0]))
   assert np.all(np.asarray(grads[1]) != 0)
+
+
+def test_laplace_samples_are_loc_plus_scale_times_the_keys_standard_laplace_draws():
+  loc, log_scale = np.array([[0.5, -1.0, 2.0]], np.float32), np.array([[0.0, 1.0, -2.0]], np.float32)
+  key = jax.random.key(3)
+  noise = np.asarray(jax.random.laplace(key, (4, 1, 3), jnp.float32), np.float64)
+  want = loc + np.exp(log_scale.astype(np.float64)) * noise
+  np.testing.assert_allclose(DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).sample(key, 4), want, rtol=1e-6)
+  with jax.enable_x64(True):
+    samples = DiagonalLaplace(jnp.asarray(loc, jnp.float64), jnp.asarray(log_scale, jnp.float64)).sample(key, 4)
+    assert samples.dtype == jnp.float32
+  np.testing.assert_allclose(samples, want, rtol=1e-6)
+
+  # Densities too: float32 from 64-bit points, equal to scipy's.
+  with jax.enable_x64(True):
+    log_prob = DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).log_prob(jnp.asarray(want[0]))
+    assert log_prob.dtype == jnp.float32
+  np.testing.assert_allclose(log_prob, stats.laplace.logpdf(want[0], loc, np.exp(log_scale)).sum(-1), rtol=1e-5)
 
 
 def test_accessors():
@@ -138,6 +157,10 @@ def test_mmvae_laplace_scale_is_softmax_over_latents_times_dimension_plus_floor(
   assert np.all(np.asarray(grad) != 0)
   extreme = DiagonalLaplace.from_mmvae_logits(jnp.zeros((1, 3)), jnp.array([[0.0, -1e4, 1e4]]))
   np.testing.assert_allclose(extreme.scale, [[1e-6, 1e-6, 3 + 1e-6]], rtol=1e-4)
+  # Any leading dimensions (here samples × batch): the softmax is over the last, of size D.
+  stacked = rng.normal(scale=2.0, size=(2, 3, 4))
+  q = DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3, 4)), jnp.asarray(stacked, jnp.float32))
+  np.testing.assert_allclose(q.scale, special.softmax(stacked, axis=-1) * 4 + 1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -187,8 +210,12 @@ def test_vmap_over_a_stack_of_distributions():
         (lambda: DiagonalGaussian(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((3, 3))), r"DiagonalGaussian.log_prob: z: expected shape \(2, 3\), got \(3, 3\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((5, 2, 4))), r"DiagonalLaplace.log_prob: z: expected shape \(\?, 2, 3\), got \(5, 2, 4\)"),
         (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), r"DiagonalLaplace.sample: num_samples: expected a positive Python int"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).sample(jax.random.key(0), 1), r"^DiagonalLaplace.sample: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).log_prob(jnp.zeros((2, 3))), r"^DiagonalLaplace.log_prob: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 4))).kl_to_standard_laplace(), r"^DiagonalLaplace.kl_to_standard_laplace: log_scale: expected shape \(2, 3\), got \(2, 4\)"),
         (lambda: DiagonalGaussian(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))).kl_to_standard_normal(), r"mean: expected a float array"),
-        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"from_mmvae_logits: logits: expected shape \(2, 3\)"),
+        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3)), jnp.zeros((2, 2))), r"^DiagonalLaplace.from_mmvae_logits: logits: expected shape \(2, 3\)"),
+        (lambda: DiagonalLaplace.from_mmvae_logits(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3))), r"^DiagonalLaplace.from_mmvae_logits: loc: expected a float array"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((3, 4), bool)), r"mixture_log_prob: present: expected shape \(M, B\) with M=2, B=4, got \(3, 4\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((5, 3))), r"mixture_log_prob: z: expected shape \(4, 3\), got \(5, 3\)"),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), r"mixture_log_prob: components.log_variance: expected shape \(M, B, D\) with M=2, B=4, D=3, got \(2, 5, 3\)"),

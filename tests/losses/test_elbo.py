@@ -419,6 +419,23 @@ def test_kl_warmup_is_linear_jit_able_and_matches_mvae():
   assert float(losses.kl_warmup(0, 0, beta=0.5)) == 0.5
 
 
+def test_elbo_is_float32_even_from_64_bit_inputs():
+  log_likelihood, kl = np.array([[-3.0, -5.5], [-4.0, -6.5]]), np.array([[0.5, 1.0], [1.5, 0.25]])
+  with jax.enable_x64(True):
+    bounds = losses.elbo(jnp.asarray(log_likelihood), jnp.asarray(kl), beta=jnp.float64(0.5))
+    assert bounds.dtype == jnp.float32
+  np.testing.assert_allclose(bounds, np.mean(log_likelihood - 0.5 * kl, axis=0), rtol=1e-6)
+
+
+def test_kl_warmup_is_float32_even_from_64_bit_inputs():
+  with jax.enable_x64(True):
+    weight = losses.kl_warmup(jnp.int64(2), jnp.int64(8), beta=jnp.float64(0.5))
+    assert weight.dtype == jnp.float32 and float(weight) == 0.5 * 3 / 8
+    assert losses.kl_warmup(2, 8, beta=0.5).dtype == jnp.float32
+    # Steps and warm-up lengths given as floats (nothing requires ints) still give float32.
+    assert losses.kl_warmup(jnp.float64(2.0), jnp.float64(8.0), beta=0.5).dtype == jnp.float32
+
+
 @pytest.mark.parametrize(
     "call,message",
     [
@@ -427,6 +444,15 @@ def test_kl_warmup_is_linear_jit_able_and_matches_mvae():
         (lambda: losses.elbo(jnp.zeros((4, 2)), jnp.zeros((3,))), r"elbo: kl: expected shape \(B,\) with B=2, got \(3,\)"),
         (lambda: losses.elbo(jnp.zeros((4, 2)), jnp.zeros((3, 2))), r"elbo: kl \(per sample\): expected shape \(4, 2\), got \(3, 2\)"),
         (lambda: losses.kl_warmup(jnp.zeros(2), 10), r"kl_warmup: step: expected shape \(\), got \(2,\)"),
+        (lambda: losses.elbo(jnp.zeros(2, jnp.int32), jnp.zeros(2)), r"^elbo: log_likelihood: expected a float array"),
+        (lambda: losses.elbo(jnp.zeros(2), jnp.zeros(2), beta=jnp.ones(2)), r"^elbo: beta: expected shape \(\), got \(2,\)"),
+        (lambda: losses.elbo(jnp.zeros(2), jnp.zeros(2, jnp.int32)), r"^elbo: kl: expected a float array"),
+        (lambda: losses.elbo(jnp.zeros((2, 3, 4)), jnp.zeros(3)), r"^elbo: log_likelihood: expected shape \(B,\), got \(2, 3, 4\)"),
+        (lambda: losses.elbo(jnp.zeros(2), jnp.zeros(3)), r"^elbo: kl: expected shape \(B,\) with B=2, got \(3,\)"),
+        (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: z[..., 0, 0], jnp.zeros((2, 4, 3, 2))), r"^dreg_mmvae_looser_surrogate: log_weights_fn\(z\) \(one log-weight per sample of z\): expected shape \(2, 4, 3\), got \(2, 4\)"),
+        (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: z[..., 0], jnp.zeros((2, 4, 3, 2)), jnp.ones((2, 4), bool)), r"^dreg_mmvae_looser_surrogate: present: expected shape \(2, 3\), got \(2, 4\)"),
+        (lambda: losses.kl_warmup(0, jnp.zeros(2)), r"kl_warmup: warmup_steps: expected shape \(\), got \(2,\)"),
+        (lambda: losses.kl_warmup(0, 10, beta=jnp.ones(3)), r"kl_warmup: beta: expected shape \(\), got \(3,\)"),
         (lambda: losses.mmvae_looser_bound(jnp.zeros((2, 4, 3)), jnp.ones((3, 3), bool)), r"mmvae_looser_bound: present: expected shape \(2, 3\), got \(3, 3\)"),
         (lambda: losses.dreg_iwae_surrogate(lambda z: z[..., 0, 0], jnp.zeros((4, 3, 2))), r"dreg_iwae_surrogate: log_weights_fn\(z\) \(one log-weight per sample of z\): expected shape \(4, 3\), got \(4,\)"),
         (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: z[..., 0], jnp.zeros((4, 3, 2))), r"dreg_mmvae_looser_surrogate: z: expected shape \(M, K, B, D\), got \(4, 3, 2\)"),

@@ -326,6 +326,27 @@ def test_lazy_r1_is_zero_off_schedule_and_scaled_on_it_with_one_compilation():
   assert len(traces) == 1
 
 
+def test_lazy_r1_defaults_to_stylegan2_every_16_steps_and_respects_the_mask():
+  real = jnp.asarray(_rows(5, 4))
+  mask = jnp.array([True, False, True, False])
+  critic = quadratic_critic(jnp.ones(DIM, jnp.float32))
+  due = [int(step) for step in range(34) if float(losses.lazy_r1_penalty(critic, real, step, gamma=2.0)) != 0.0]
+  assert due == [0, 16, 32]
+  # On a due step: 16 × the R1 penalty of the unmasked rows only, γ/2 · mean ‖∇D(x)‖².
+  gradients = np.asarray(real, np.float64) @ A.T + 1.0
+  want = 16 * 1.0 * np.mean(np.sum(gradients[[0, 2]] ** 2, axis=1))
+  np.testing.assert_allclose(losses.lazy_r1_penalty(critic, real, 32, gamma=2.0, mask=mask), want, rtol=1e-5)
+
+
+def test_lazy_r1_is_float32_on_and_off_schedule_even_with_64_bit_inputs():
+  real = _rows(6, 4)
+  with jax.enable_x64(True):
+    critic = quadratic_critic(jnp.ones(DIM))
+    penalties = [losses.lazy_r1_penalty(critic, jnp.asarray(real), jnp.int64(step), every=2) for step in (0, 1)]
+    assert [penalty.dtype for penalty in penalties] == [jnp.float32, jnp.float32]
+  assert float(penalties[1]) == 0.0 and float(penalties[0]) > 0.0
+
+
 def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
   calls = []
 
@@ -346,7 +367,10 @@ def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
         (lambda: losses.hinge_discriminator_loss(jnp.zeros((4, 1)), jnp.zeros(4)), r"hinge_discriminator_loss: real_logits: expected shape \(B,\), got \(4, 1\)"),
         (lambda: losses.minimax_discriminator_loss(jnp.zeros(4), jnp.zeros(3), fake_mask=jnp.ones(4, bool)), r"fake_mask: expected shape \(B,\) with B=3, got \(4,\)"),
         (lambda: losses.minimax_generator_loss(jnp.zeros(4), mask=jnp.ones(4)), r"minimax_generator_loss: mask: expected a bool array"),
-        (lambda: losses.wasserstein_generator_loss(jnp.zeros(4, jnp.int32)), r"fake_logits: expected a float array"),
+        (lambda: losses.wasserstein_generator_loss(jnp.zeros(4, jnp.int32)), r"^wasserstein_generator_loss: fake_logits: expected a float array"),
+        (lambda: losses.wasserstein_generator_loss(jnp.zeros(4), mask=jnp.ones(3, bool)), r"^wasserstein_generator_loss: mask: expected shape \(B,\) with B=4, got \(3,\)"),
+        (lambda: losses.wasserstein_discriminator_loss(jnp.zeros(4), jnp.zeros(2), real_mask=jnp.ones(2, bool)), r"^wasserstein_discriminator_loss: real_mask: expected shape \(B,\) with B=4, got \(2,\)"),
+        (lambda: losses.wasserstein_discriminator_loss(jnp.zeros(4), jnp.zeros(2), fake_mask=jnp.ones(4, bool)), r"^wasserstein_discriminator_loss: fake_mask: expected shape \(B,\) with B=2, got \(4,\)"),
         (lambda: losses.gan_loss("wgan"), r"Unknown GAN loss 'wgan'; valid choices: \['hinge'"),
         (lambda: losses.gradient_penalty(lambda x: x[:, 0], jax.random.key(0), jnp.zeros((4, 3)), jnp.zeros((4, 2))), r"gradient_penalty: fake: expected shape \(B, 3\) with B=4, got \(4, 2\)"),
         (lambda: losses.gradient_penalty(lambda x: x["a"][:, 0], jax.random.key(0), {"a": jnp.zeros((4, 3))}, jnp.zeros((4, 3))), r"fake must have the structure of the real batch"),
@@ -355,6 +379,9 @@ def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
         (lambda: losses.r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), mask=jnp.ones(5, bool)), r"r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
         (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, every=0), r"every must be a positive int, got 0"),
         (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.float32(0.0)), r"lazy_r1_penalty: step: expected an int array"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.zeros(2, jnp.int32)), r"lazy_r1_penalty: step: expected shape \(\), got \(2,\)"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3), jnp.int32), 0), r"^lazy_r1_penalty: real: expected a float array"),
+        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, mask=jnp.ones(5, bool)), r"lazy_r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message):

@@ -78,6 +78,44 @@ def test_fixed_python_scale_is_accepted_and_mmvae_laplace_scale():
 
 
 @pytest.mark.parametrize("family", ["gaussian", "laplace"])
+def test_gaussian_and_laplace_are_float32_whatever_the_input_dtype(family):
+  """bfloat16 parameters and float64 ones (under jax_enable_x64) both give float32 values, equal
+  to scipy's in float64 within float32 (bfloat16: its own) rounding."""
+  rng = np.random.default_rng(7)
+  mean, targets, log_scale = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(scale=0.3, size=(3,))
+  fn = {"gaussian": losses.gaussian_log_likelihood, "laplace": losses.laplace_log_likelihood}[family]
+  dist = {"gaussian": stats.norm, "laplace": stats.laplace}[family]
+  as_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)  # noqa: E731
+  got = fn(jnp.asarray(mean, jnp.bfloat16), jnp.asarray(log_scale, jnp.bfloat16), jnp.asarray(targets, jnp.bfloat16))
+  want = _per_sample(dist.logpdf(as_bf16(targets), loc=as_bf16(mean), scale=np.exp(as_bf16(log_scale))))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  with jax.enable_x64(True):
+    got = fn(jnp.asarray(mean), jnp.asarray(log_scale), jnp.asarray(targets))
+    assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, _per_sample(dist.logpdf(targets, loc=mean, scale=np.exp(log_scale))), rtol=1e-5)
+
+
+def test_bernoulli_and_categorical_are_float32_from_64_bit_inputs():
+  rng = np.random.default_rng(8)
+  logits, binary = rng.normal(size=(2, 3)), rng.integers(0, 2, size=(2, 3)).astype(np.float64)
+  class_logits, labels = rng.normal(size=(2, 3, 4)), rng.integers(0, 4, size=(2, 3))
+  one_hot, mask = np.eye(4)[labels], np.array([[True, False, True], [True, True, False]])
+  with jax.enable_x64(True):
+    got = {
+        "bernoulli": losses.bernoulli_log_likelihood(jnp.asarray(logits), jnp.asarray(binary)),
+        "labels": losses.categorical_log_likelihood(jnp.asarray(class_logits), jnp.asarray(labels), mask=jnp.asarray(mask)),
+        "one_hot": losses.categorical_log_likelihood(jnp.asarray(class_logits), jnp.asarray(one_hot), mask=jnp.asarray(mask)),
+    }
+    assert {name: value.dtype for name, value in got.items()} == dict.fromkeys(got, jnp.float32)
+  np.testing.assert_allclose(got["bernoulli"], _per_sample(stats.bernoulli.logpmf(binary, special.expit(logits))), rtol=1e-5)
+  log_probs = special.log_softmax(class_logits, axis=-1)
+  want = np.sum(np.where(mask, np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0], 0.0), axis=1)
+  np.testing.assert_allclose(got["labels"], want, rtol=1e-5)
+  np.testing.assert_allclose(got["one_hot"], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "laplace"])
 def test_gradients_match_finite_differences_of_scipy(family):
   rng = np.random.default_rng(3)
   mean, targets = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
@@ -166,6 +204,8 @@ def test_likelihood_rescaling_of_mmvae():
     losses.likelihood_rescaling({"mnist": (28, 28, 1), "svhn": (32, 32, 3)}, reference="text")
   with pytest.raises(ValueError, match=r"modality 'empty': expected a non-empty event shape, got \(0,\)"):
     losses.likelihood_rescaling({"empty": (0,), "svhn": (32, 32, 3)}, reference="svhn")
+  # A one-element event (a scalar label) is an event like any other.
+  assert losses.likelihood_rescaling({"label": (1,), "image": (2, 3)}, reference="image") == {"label": 6.0, "image": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -175,6 +215,16 @@ def test_likelihood_rescaling_of_mmvae():
         (lambda: losses.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32)), r"targets: expected a float array"),
         (lambda: losses.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2, 3))), r"gaussian_log_likelihood: log_scale: expected shape \(\) .*\(3,\).*\(2, 3\).*got \(2,\)"),
         (lambda: losses.laplace_log_likelihood(jnp.zeros(()), 0.0, jnp.zeros(())), r"laplace_log_likelihood: loc: expected shape \(B,\), got \(\)"),
+        (lambda: losses.gaussian_log_likelihood(jnp.zeros(()), 0.0, jnp.zeros(())), r"^gaussian_log_likelihood: mean: expected shape \(B,\), got \(\)"),
+        (lambda: losses.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32), jnp.zeros((2, 3))), r"^gaussian_log_likelihood: log_scale: expected a float array"),
+        (lambda: losses.bernoulli_log_likelihood(jnp.zeros(()), jnp.zeros(())), r"^bernoulli_log_likelihood: logits: expected shape \(B,\), got \(\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((5,)), jnp.zeros((5,), jnp.int32)), r"^categorical_log_likelihood: logits: expected shape \(B, C\), got \(5,\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5), jnp.int32), jnp.zeros((2,), jnp.int32)), r"^categorical_log_likelihood: logits: expected a float array"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), mask=jnp.ones(3, bool)), r"^categorical_log_likelihood: mask: expected shape \(2,\), got \(3,\)"),
+        (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2, 5), jnp.bool_)), r"^categorical_log_likelihood: targets \(one-hot\): expected a float array"),
+        (lambda: losses.token_log_likelihood(jnp.zeros((2, 6, 9)), jnp.zeros((2, 6), jnp.int32), jnp.ones((2, 5), bool)), r"^token_log_likelihood: valid: expected shape \(B, L\) with B=2, L=6, got \(2, 5\)"),
+        (lambda: losses.laplace_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2, 3))), r"laplace_log_likelihood: log_scale: expected shape \(\) .*\(3,\).*\(2, 3\).*got \(2,\)"),
+        (lambda: losses.token_log_likelihood(jnp.zeros((2, 6)), jnp.zeros((2, 6), jnp.int32), jnp.ones((2, 6), bool)), r"token_log_likelihood: logits: expected shape \(B, L, V\), got \(2, 6\)"),
         (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((3,), jnp.int32)), r"targets \(class indices\): expected shape \(2,\), got \(3,\)"),
         (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2, 4))), r"targets \(one-hot\): expected shape \(2, 5\), got \(2, 4\)"),
         (lambda: losses.categorical_log_likelihood(jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), mask=jnp.ones(2)), r"mask: expected a bool array"),

@@ -94,32 +94,53 @@ def test_nonfinite_terms_lists_only_bad_values():
   ]
 
 
-def _signal_self(number):
-  os.kill(os.getpid(), number)
-  # The handler runs in the main thread at the next bytecode boundary; give it a few.
-  for _ in range(1000):
-    pass
+@pytest.fixture(autouse=True)
+def fallback_handlers():
+  """Handlers that only record, in place while each test runs: a signal that StopSignals fails to
+  catch then fails the test's assertions instead of interrupting pytest itself."""
+  import signal
+
+  caught = []
+  previous = {
+      number: signal.signal(number, lambda number, frame: caught.append(number)) for number in faults.StopSignals.SIGNALS
+  }
+  yield caught
+  for number, handler in previous.items():
+    signal.signal(number, handler)
 
 
-def test_first_signal_asks_to_stop_and_a_second_ctrl_c_aborts_at_once():
+def _signal_self(number) -> bool:
+  """Sends `number` to this process; returns whether its handler aborted at once (KeyboardInterrupt)."""
+  try:
+    os.kill(os.getpid(), number)
+    # The handler runs in the main thread at the next bytecode boundary; give it a few.
+    for _ in range(1000):
+      pass
+  except KeyboardInterrupt:
+    return True
+  return False
+
+
+def test_first_signal_asks_to_stop_and_a_second_ctrl_c_aborts_at_once(fallback_handlers):
   import signal
 
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
   with faults.StopSignals() as stop:
     assert not stop.requested()
-    _signal_self(signal.SIGINT)
+    assert not _signal_self(signal.SIGINT)
     assert stop.received == "SIGINT" and stop.requested()
-    with pytest.raises(KeyboardInterrupt):
-      _signal_self(signal.SIGINT)
+    assert _signal_self(signal.SIGINT)
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+  _signal_self(signal.SIGTERM)
+  assert fallback_handlers == [signal.SIGTERM]  # only the signal sent after the block
 
 
 def test_sigterm_asks_to_stop_and_a_repeated_sigterm_does_not_abort():
   import signal
 
   with faults.StopSignals() as stop:
-    _signal_self(signal.SIGTERM)
-    _signal_self(signal.SIGTERM)  # a scheduler repeating its notice must not lose the checkpoint
+    assert not _signal_self(signal.SIGTERM)
+    assert not _signal_self(signal.SIGTERM)  # a scheduler repeating its notice must not lose the checkpoint
     assert stop.received == "SIGTERM" and stop.requested()
 
 
@@ -127,3 +148,76 @@ def test_interrupted_says_which_signal_and_step():
   error = faults.Interrupted(12, "SIGTERM")
   assert (error.step, error.signal_name) == (12, "SIGTERM")
   assert str(error) == "stopped by SIGTERM after step 12; checkpoint 12 saved. Run the same command again to continue."
+
+
+def test_nonfinite_terms_skips_counters_and_keeps_negative_infinity():
+  metrics = {"skipped_steps": 2, "loss": 1.5, "grad_norm": float("-inf"), "logit_scale": float("nan")}
+  assert faults.nonfinite_terms(metrics) == ["grad_norm", "logit_scale"]
+  assert faults.nonfinite_terms({"loss": 0.25, "skipped_steps": 0}) == []
+
+
+@pytest.mark.parametrize(
+    "in_a_row, repeated", [(1, ""), (2, " (2 steps in a row)"), (5, " (5 steps in a row)")]
+)
+def test_nonfinite_error_names_step_terms_and_streak(in_a_row, repeated):
+  error = faults.NonFiniteError(9, ["grad_norm", "loss"], in_a_row)
+  assert (error.step, error.terms) == (9, ["grad_norm", "loss"])
+  assert str(error) == (
+      f"step 9: non-finite grad_norm, loss{repeated}. The update was not applied; the last good "
+      "parameters were saved as checkpoint 9. Lower the learning rate, check the data, or set "
+      "train.nonfinite_policy='skip'."
+  )
+
+
+def test_signal_is_logged_when_received(caplog):
+  import signal
+
+  with faults.StopSignals():
+    _signal_self(signal.SIGTERM)
+  assert [record.getMessage() for record in caplog.records] == ["SIGTERM received: stopping after the current step"]
+
+
+def test_outside_the_main_thread_no_handler_is_installed_and_a_warning_says_so(caplog):
+  import signal
+  import threading
+
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  seen = {}
+
+  def train():
+    with faults.StopSignals() as stop:
+      seen["handlers"] = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+      seen["requested"] = stop.requested()
+
+  thread = threading.Thread(target=train)
+  thread.start()
+  thread.join()
+  assert seen == {"handlers": before, "requested": False}
+  assert [record.getMessage() for record in caplog.records] == [
+      "training outside the main thread: SIGTERM/SIGINT will not save a checkpoint first"
+  ]
+
+
+@pytest.mark.parametrize(
+    "own, gathered, requested, received_after",
+    [
+        (None, [0, 0], False, None),
+        ("SIGTERM", [15, 0], True, "SIGTERM to process 0"),
+        (None, [0, 15], True, "SIGTERM to process 1"),  # only another process was signalled
+        ("SIGINT", [2, 15], True, "SIGINT to process 0"),  # the first process that has one names it
+    ],
+)
+def test_multi_process_runs_share_each_process_signal_and_agree(monkeypatch, own, gathered, requested, received_after):
+  import signal
+
+  from jax.experimental import multihost_utils
+
+  shared = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x, tiled: shared.append((x.tolist(), tiled)) or np.array(gathered, np.int32))
+  stop = faults.StopSignals()
+  if own is not None:
+    stop._handle(getattr(signal, own), None)
+  assert stop.requested() is requested
+  assert shared == [([getattr(signal, own).value if own else 0], True)]
+  assert stop.received == (received_after or own)
