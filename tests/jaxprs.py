@@ -1,4 +1,4 @@
-"""Jaxpr inspection shared by tests: is rematerialisation really in the traced program?"""
+"""Jaxpr inspection shared by tests: is rematerialisation really in the traced program, which\ncontractions does it hold?"""
 
 import jax
 
@@ -6,15 +6,20 @@ import jax
 REMAT_PRIMITIVES = ("checkpoint", "remat2")
 
 
-def primitive_names(jaxpr):
-  """Every primitive's name in `jaxpr` and in the jaxprs nested in its equations."""
+def equations(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in its equations."""
   for equation in jaxpr.eqns:
-    yield equation.primitive.name
+    yield equation
     for value in equation.params.values():
       for item in value if isinstance(value, (tuple, list)) else (value,):
         inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds its Jaxpr
         if hasattr(inner, "eqns"):
-          yield from primitive_names(inner)
+          yield from equations(inner)
+
+
+def primitive_names(jaxpr):
+  """Every primitive's name in `jaxpr` and in the jaxprs nested in its equations."""
+  return (equation.primitive.name for equation in equations(jaxpr))
 
 
 def count_remats(function, *args) -> int:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders import base
 from mmjax.decoders.layers import ConvTransposeTrunk, MLPTrunk, center_crop, stem_size
 
@@ -148,5 +149,5 @@ class MLPImageDecoder(nn.Module):
         self.width, self.depth, self.norm, self.activation, where=base.describe(self), remat=self.remat,
         dtype=self.dtype, name="trunk",
     )(latent)
-    x = nn.Dense(math.prod(self.shape), dtype=self.dtype, name="output")(x)
+    x = linear.Dense(math.prod(self.shape), dtype=self.dtype, name="output")(x)
     return x.reshape(x.shape[0], *self.shape)

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders import base
 from mmjax.decoders.layers import MLPTrunk
 
@@ -50,4 +51,4 @@ class MLPLabelDecoder(nn.Module):
         self.width, self.depth, self.norm, self.activation, where=base.describe(self), remat=self.remat,
         dtype=self.dtype, name="trunk",
     )(latent)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+    return linear.Dense(self.num_classes, dtype=self.dtype, name="output")(x)

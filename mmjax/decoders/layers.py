@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders.base import LatentProjection
 from mmjax.encoders.layers import make_norm
 
@@ -37,7 +38,7 @@ class DenseBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Dense(self.features, dtype=self.dtype, name="dense")(x)
+    x = linear.Dense(self.features, dtype=self.dtype, name="dense")(x)
     return activation(self.activation)(make_norm(self.norm, self.dtype, name="norm")(x))
 
 

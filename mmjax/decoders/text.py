@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders import base
 from mmjax.decoders.base import LatentProjection
 from mmjax.encoders.transformer import TransformerBlock
@@ -67,4 +68,4 @@ class TransformerTextDecoder(nn.Module):
     for index in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"block{index}")(x, None, train)
     x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, name="output")(x)
+    return linear.Dense(self.vocab_size, dtype=self.dtype, name="output")(x)

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders import base
 from mmjax.decoders.layers import MLPTrunk
 
@@ -45,4 +46,4 @@ class MLPVectorDecoder(nn.Module):
         self.width, self.depth, self.norm, self.activation, where=base.describe(self), remat=self.remat,
         dtype=self.dtype, name="trunk",
     )(latent)
-    return nn.Dense(self.features, dtype=self.dtype, name="output")(x)
+    return linear.Dense(self.features, dtype=self.dtype, name="output")(x)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mmjax import checks
+from mmjax import checks, linear
 from mmjax.encoders import base
 from mmjax.encoders.image import ConvStage
 
@@ -247,7 +247,7 @@ def _conv_stages(
 
 def _pool_and_project(steps: jax.Array, features: int, dtype: jnp.dtype, return_tokens: bool):
   """Mean of ``steps[B, T, C]`` over time → ``projection``; with `return_tokens` every step through it too."""
-  projection = nn.Dense(features, dtype=dtype, name="projection")
+  projection = linear.Dense(features, dtype=dtype, name="projection")
   pooled = projection(jnp.mean(steps, axis=1))
   if not return_tokens:
     return pooled

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders import base
 from mmjax.encoders import layers
 from mmjax.encoders.vector import ACTIVATIONS
@@ -114,7 +115,7 @@ class ConvEncoder(nn.Module):
       x = stage(
           channels, stride, self.kernel_size, self.norm, self.dtype, activation=self.activation, name=f"stage{index}"
       )(x)
-    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     if self.pooling == "flatten":
       return projection(x.reshape(x.shape[0], -1))
     cells = x.reshape(x.shape[0], -1, x.shape[-1])

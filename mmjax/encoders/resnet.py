@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders import base
 
 # Each convolution of a residual branch as (output channels / block channels, kernel size, takes the
@@ -191,7 +192,7 @@ class ResNet(nn.Module):
             name=f"stage{stage}_block{index}",
         )(x, train)
     cells = x.reshape(x.shape[0], -1, x.shape[-1])
-    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     return base.project_outputs(projection, jnp.mean(x, axis=(1, 2)), cells, return_tokens)
 
 

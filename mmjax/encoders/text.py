@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders import base, layers
 from mmjax.encoders.transformer import TransformerBlock
 
@@ -122,7 +123,7 @@ class TransformerTextEncoder(nn.Module):
           x, attention_mask, train
       )
     x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
-    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     return _outputs(projection, pool(x, valid), x, valid, return_tokens)
 
 
@@ -219,5 +220,5 @@ class RecurrentTextEncoder(nn.Module):
       pooled = jnp.concatenate([last_forward, x[:, 0, self.width :]], axis=-1)
     else:
       pooled = layers.last_valid_position(x, valid)
-    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     return _outputs(projection, pooled, x, valid, return_tokens)

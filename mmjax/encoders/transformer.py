@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
+
 
 class TransformerBlock(nn.Module):
   """Pre-LayerNorm transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
@@ -17,11 +19,11 @@ class TransformerBlock(nn.Module):
   def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
     width = x.shape[-1]
     y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-    y = nn.MultiHeadDotProductAttention(
+    y = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attention"
     )(y, y, mask=attention_mask, deterministic=not train)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
-    y = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(y)
-    y = nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
+    y = linear.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(y)
+    y = linear.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
     return x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)

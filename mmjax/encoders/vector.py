@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders import base
 from mmjax.encoders import layers
 
@@ -25,7 +26,7 @@ class MLPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Dense(self.width, dtype=self.dtype, name="dense")(x)
+    x = linear.Dense(self.width, dtype=self.dtype, name="dense")(x)
     x = ACTIVATIONS[self.activation](layers.make_norm(self.norm, self.dtype, name="norm")(x))
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
@@ -70,7 +71,7 @@ class MLP(nn.Module):
 
 def _project_one_token(x: jax.Array, features: int, dtype: jnp.dtype, return_tokens: bool):
   """``projection(x)``; with `return_tokens` also as the single token of each sample."""
-  pooled = nn.Dense(features, dtype=dtype, name="projection")(x)
+  pooled = linear.Dense(features, dtype=dtype, name="projection")(x)
   if not return_tokens:
     return pooled
   tokens = pooled[:, None, :]

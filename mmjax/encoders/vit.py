@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import linear
 from mmjax.encoders import base
 from mmjax.encoders.transformer import TransformerBlock
 
@@ -87,12 +88,12 @@ class MAPHead(nn.Module):
     batch, _, width = tokens.shape
     probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, width), jnp.float32)
     probe = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, width))
-    x = nn.MultiHeadDotProductAttention(
+    x = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="attention"
     )(probe, tokens)
     y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
-    y = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(y)
-    y = nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
+    y = linear.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(y)
+    y = linear.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
     return (x + y)[:, 0]
 
 
@@ -207,7 +208,7 @@ class ViT(nn.Module):
       pooled = jnp.mean(patches, axis=1)
     else:
       pooled = MAPHead(self.num_heads, self.mlp_ratio, self.dtype, name="map_head")(patches)
-    projection = nn.Dense(self.features, dtype=self.dtype, name="projection")
+    projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     return base.project_outputs(projection, pooled, patches, return_tokens)
 
 

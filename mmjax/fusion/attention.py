@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders import layers
 from mmjax.encoders.transformer import TransformerBlock
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
@@ -60,7 +61,7 @@ class CrossAttention(nn.Module):
     queries = nn.LayerNorm(dtype=self.dtype, name="target_norm")(target)
     # Zeroed, because a masked weight of 0 times a non-finite value would still be NaN.
     keys = nn.LayerNorm(dtype=self.dtype, name="source_norm")(jnp.where(source_valid[..., None], source, 0))
-    update = nn.MultiHeadDotProductAttention(
+    update = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attention"
     )(queries, keys, mask=source_valid[:, None, None, :], deterministic=not train, sow_weights=sow_weights)
     update = jnp.where(jnp.any(source_valid, axis=-1)[:, None, None], update, 0)
@@ -91,7 +92,7 @@ class _CrossStreamFusion(Fusion):
     check_heads(where, self.width, self.num_heads)
     modalities = self.tokens(inputs, present)
     self.check_modality_count([m.name for m in modalities])
-    projected = [nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens) for m in modalities]
+    projected = [linear.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens) for m in modalities]
     streams = projected
     for layer in range(self.depth):
       sources = self.key_streams(projected, streams)
@@ -114,7 +115,7 @@ class _CrossStreamFusion(Fusion):
         for m, x in zip(modalities, streams)
     ])
     fused = mean_over_present(pooled, jnp.stack([m.present for m in modalities]))
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(fused)
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(fused)
 
 
 class CrossModalTransformer(_CrossStreamFusion):

@@ -4,13 +4,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.fusion.base import Fusion, FusionInputs, PooledInput, Presence, masked_softmax
 
 
 def _hidden(modalities: list[PooledInput], features: int, dtype) -> jax.Array:
   """``[M, B, features]``: ``h_m = tanh(W_m x_m + b_m)`` (call inside a compact module)."""
   return jnp.stack([
-      jnp.tanh(nn.Dense(features, dtype=dtype, name=f"{m.name}_hidden")(m.features)) for m in modalities
+      jnp.tanh(linear.Dense(features, dtype=dtype, name=f"{m.name}_hidden")(m.features)) for m in modalities
   ])
 
 
@@ -55,7 +56,7 @@ class GatedMultimodalUnit(Fusion):
     del train  # no dropout
     modalities = self.pooled(inputs, present)
     self.check_modality_count([m.name for m in modalities])
-    gate = nn.Dense(self.features, dtype=self.dtype, name="gate")(jnp.concatenate([m.features for m in modalities], -1))
+    gate = linear.Dense(self.features, dtype=self.dtype, name="gate")(jnp.concatenate([m.features for m in modalities], -1))
     return _gated_sum(
         _hidden(modalities, self.features, self.dtype),
         jnp.stack([gate, jnp.zeros_like(gate)]),
@@ -93,7 +94,7 @@ class GatedFusion(Fusion):
     del train  # no dropout
     modalities = self.pooled(inputs, present)
     count = len(modalities)
-    gates = nn.Dense(count * self.features, dtype=self.dtype, name="gate")(
+    gates = linear.Dense(count * self.features, dtype=self.dtype, name="gate")(
         jnp.concatenate([m.features for m in modalities], -1)
     )
     gate_logits = jnp.moveaxis(gates.reshape(gates.shape[0], count, self.features), 1, 0)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import linear
 from mmjax.encoders import layers
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads
 
@@ -71,7 +72,7 @@ class GCNLayer(nn.Module):
   def __call__(self, nodes: jax.Array, node_valid: jax.Array, senders: np.ndarray, receivers: np.ndarray) -> jax.Array:
     """Maps ``nodes[B, N, D]`` with ``node_valid bool[B, N]`` over edges ``senders[E] → receivers[E]``."""
     num_nodes = nodes.shape[1]
-    h = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="linear")(nodes)
+    h = linear.Dense(self.features, use_bias=False, dtype=self.dtype, name="linear")(nodes)
     weight = _edge_valid(node_valid, senders, receivers).astype(h.dtype)
     out_degree = jax.ops.segment_sum(weight, senders, num_nodes)[senders]
     in_degree = jax.ops.segment_sum(weight, receivers, num_nodes)[receivers]
@@ -122,7 +123,7 @@ class GATLayer(nn.Module):
   def __call__(self, nodes: jax.Array, node_valid: jax.Array, senders: np.ndarray, receivers: np.ndarray) -> jax.Array:
     """Maps ``nodes[B, N, D]`` with ``node_valid bool[B, N]`` over edges ``senders[E] → receivers[E]``."""
     batch, num_nodes = nodes.shape[:2]
-    h = nn.DenseGeneral((self.num_heads, self.features), use_bias=False, dtype=self.dtype, name="linear")(nodes)
+    h = linear.DenseGeneral((self.num_heads, self.features), use_bias=False, dtype=self.dtype, name="linear")(nodes)
     init = nn.initializers.lecun_normal(in_axis=1, out_axis=0)
     attend_sender = self.param("sender_attention", init, (self.num_heads, self.features), jnp.float32)
     attend_receiver = self.param("receiver_attention", init, (self.num_heads, self.features), jnp.float32)
@@ -235,13 +236,13 @@ class GraphFusion(Fusion):
     del train  # no dropout
     modalities = self.pooled(inputs, present)
     nodes = jnp.stack(
-        [nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.features) for m in modalities], axis=1
+        [linear.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.features) for m in modalities], axis=1
     )
     node_valid = jnp.stack([m.present for m in modalities], axis=1)
     nodes = MessagePassing(self.width, self.depth, self.conv, self.num_heads, self.dtype, name="message_passing")(
         nodes, node_valid, *self.graph([m.name for m in modalities])
     )
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(layers.masked_mean(nodes, node_valid))
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(layers.masked_mean(nodes, node_valid))
 
 
 class TokenGraphFusion(Fusion):
@@ -286,10 +287,10 @@ class TokenGraphFusion(Fusion):
     del train  # no dropout
     modalities = self.tokens(inputs, present)
     nodes = jnp.concatenate(
-        [nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens) for m in modalities], axis=1
+        [linear.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens) for m in modalities], axis=1
     )
     node_valid = jnp.concatenate([m.valid for m in modalities], axis=1)
     nodes = MessagePassing(self.width, self.depth, self.conv, self.num_heads, self.dtype, name="message_passing")(
         nodes, node_valid, *complete_graph(nodes.shape[1])
     )
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(layers.masked_mean(nodes, node_valid))
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(layers.masked_mean(nodes, node_valid))

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, masked_softmax
 
 # How the per-modality log-probabilities are combined.
@@ -56,7 +57,7 @@ class LateFusion(Fusion):
     if self.combine not in COMBINATIONS:
       raise ValueError(f"LateFusion: unknown combine {self.combine!r}; valid choices: {list(COMBINATIONS)}.")
     modalities = self.pooled(inputs, present)
-    logits = [nn.Dense(self.features, dtype=self.dtype, name=f"{m.name}_head")(m.features) for m in modalities]
+    logits = [linear.Dense(self.features, dtype=self.dtype, name=f"{m.name}_head")(m.features) for m in modalities]
     log_probs = jax.nn.log_softmax(jnp.stack(logits).astype(jnp.float32))
     here = jnp.stack([m.present for m in modalities])
     if self.combine == "learned":

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.fusion.base import AbsentEmbedding, Fusion, FusionInputs, Presence
 
 # How much of the linear map the context generates: all of it, its diagonal, or one scale.
@@ -47,7 +48,7 @@ class MultiplicativeInteraction(nn.Module):
     x_width = x.shape[-1]
     if self.form == "matrix":
       # Scaled so that 𝕎 z x has unit variance at initialisation; V starts as an ordinary linear map of x.
-      weights = nn.Dense(
+      weights = linear.Dense(
           x_width * self.features,
           dtype=self.dtype,
           kernel_init=nn.initializers.variance_scaling(1 / x_width, "fan_in", "truncated_normal"),
@@ -58,9 +59,9 @@ class MultiplicativeInteraction(nn.Module):
     else:
       # The scale starts near one: at initialisation the layer is close to P x + b(z).
       size = self.features if self.form == "vector" else 1
-      scale = nn.Dense(size, dtype=self.dtype, bias_init=nn.initializers.ones, name="scale")(z)
-      out = scale * nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="projection")(x)
-    return out + nn.Dense(self.features, dtype=self.dtype, name="bias")(z)
+      scale = linear.Dense(size, dtype=self.dtype, bias_init=nn.initializers.ones, name="scale")(z)
+      out = scale * linear.Dense(self.features, use_bias=False, dtype=self.dtype, name="projection")(x)
+    return out + linear.Dense(self.features, dtype=self.dtype, name="bias")(z)
 
 
 class MultiplicativeFusion(Fusion):

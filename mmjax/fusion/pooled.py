@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.fusion.base import (
     AbsentEmbedding,
     Fusion,
@@ -51,12 +52,12 @@ class EarlyFusion(Fusion):
     filled = [
         AbsentEmbedding(self.dtype, name=f"{m.name}_absent")(m.features, m.present) for m in self.pooled(inputs, present)
     ]
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(jnp.concatenate(filled, axis=-1))
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(jnp.concatenate(filled, axis=-1))
 
 
 def _project_each(modalities: list[PooledInput], features: int, dtype) -> jax.Array:
   """``[M, B, features]``: every modality through its own linear projection (call inside a compact module)."""
-  return jnp.stack([nn.Dense(features, dtype=dtype, name=f"{m.name}_projection")(m.features) for m in modalities])
+  return jnp.stack([linear.Dense(features, dtype=dtype, name=f"{m.name}_projection")(m.features) for m in modalities])
 
 
 class SumFusion(Fusion):
@@ -143,7 +144,7 @@ class AttentionFusion(Fusion):
     del train  # no dropout
     modalities = self.pooled(inputs, present)
     projected = _project_each(modalities, self.features, self.dtype)
-    hidden = jnp.tanh(nn.Dense(self.features, dtype=self.dtype, name="score_hidden")(projected))
-    scores = nn.Dense(1, dtype=self.dtype, name="score")(hidden)[..., 0]
+    hidden = jnp.tanh(linear.Dense(self.features, dtype=self.dtype, name="score_hidden")(projected))
+    scores = linear.Dense(1, dtype=self.dtype, name="score")(hidden)[..., 0]
     weights = masked_softmax(scores, jnp.stack([m.present for m in modalities]), axis=0)
     return jnp.sum(weights[..., None] * projected, axis=0)

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.fusion.base import AbsentEmbedding, Fusion, FusionInputs, PooledInput, Presence
 
 
@@ -51,7 +52,7 @@ class TensorFusion(Fusion):
     for modality in modalities:
       augmented = _with_one(modality, self.dtype)
       product = (product[:, :, None] * augmented[:, None, :]).reshape(product.shape[0], -1)
-    return nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="projection")(product)
+    return linear.Dense(self.features, use_bias=False, dtype=self.dtype, name="projection")(product)
 
 
 class LowRankFusion(Fusion):

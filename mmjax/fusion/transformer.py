@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.encoders.transformer import TransformerBlock
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
 
@@ -72,7 +73,7 @@ class MultimodalTransformer(Fusion):
     sequences = [_learned_tokens(self, "cls", 1, self.width, batch, self.dtype)]
     for m in modalities:
       embedding = self.param(f"{m.name}_embedding", nn.initializers.normal(0.02), (self.width,), jnp.float32)
-      projected = nn.Dense(self.width, use_bias=False, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens)
+      projected = linear.Dense(self.width, use_bias=False, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens)
       sequences.append(projected + embedding.astype(self.dtype))
     x = jnp.concatenate(sequences, axis=1)
     mask = _self_attention_mask(jnp.concatenate([jnp.ones((batch, 1), bool)] + [m.valid for m in modalities], axis=1))
@@ -81,7 +82,7 @@ class MultimodalTransformer(Fusion):
           x, mask, train
       )
     cls = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x[:, 0])
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(cls)
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(cls)
 
 
 class BottleneckFusion(Fusion):
@@ -142,7 +143,7 @@ class BottleneckFusion(Fusion):
     here = jnp.stack([m.present for m in modalities])
     streams, valid = [], []
     for m in modalities:
-      projected = nn.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens)
+      projected = linear.Dense(self.width, dtype=self.dtype, name=f"{m.name}_projection")(m.tokens)
       cls = _learned_tokens(self, f"{m.name}_cls", 1, self.width, batch, self.dtype)
       streams.append(jnp.concatenate([cls, projected], axis=1))
       valid.append(jnp.concatenate([jnp.ones((batch, 1), bool), m.valid], axis=1))
@@ -168,4 +169,4 @@ class BottleneckFusion(Fusion):
     cls = jnp.stack(
         [nn.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x[:, 0]) for m, x in zip(modalities, streams)]
     )
-    return nn.Dense(self.features, dtype=self.dtype, name="projection")(mean_over_present(cls, here))
+    return linear.Dense(self.features, dtype=self.dtype, name="projection")(mean_over_present(cls, here))

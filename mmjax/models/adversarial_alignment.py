@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax import checks
+from mmjax import checks, compiler_options, linear
 from mmjax.data.spec import DataSpec
 from mmjax.losses.alignment import domain_adversarial_loss
 from mmjax.models import encoder_configs
@@ -45,9 +45,9 @@ class AlignmentModule(nn.Module):
   domain_width: int = 64
 
   def setup(self):
-    self.head = nn.Dense(self.num_classes)
-    self.domain_hidden = nn.Dense(self.domain_width)
-    self.domain_output = nn.Dense(1)
+    self.head = linear.Dense(self.num_classes)
+    self.domain_hidden = linear.Dense(self.domain_width)
+    self.domain_output = linear.Dense(1)
 
   def embed(self, inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {m: encoder(inputs[m]).astype(jnp.float32) for m, encoder in self.encoders.items()}
@@ -84,7 +84,7 @@ class AdversarialAlignment:
         num_classes=spec.num_classes, domain_width=config.domain_width,
     )
     self.objectives = (Objective("alignment", self.loss),)
-    self._outputs = jax.jit(self.outputs)
+    self._outputs = jax.jit(self.outputs, compiler_options=compiler_options.repeated())
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, {m: batch[m] for m in self.modalities}))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax import checks
+from mmjax import checks, compiler_options, linear
 from mmjax.data.spec import DataSpec
 from mmjax.models import encoder_configs, fusion_configs
 from mmjax.models.base import Batch, Family, Objective, Variables
@@ -55,9 +55,9 @@ class FusionClassifierModule(nn.Module):
       return fused.astype(jnp.float32)
     x = nn.Dropout(self.dropout_rate)(fused, deterministic=not train)
     if self.head_width:
-      x = nn.gelu(nn.Dense(self.head_width, name="head_hidden")(x))
+      x = nn.gelu(linear.Dense(self.head_width, name="head_hidden")(x))
       x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+    return linear.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
 
 
 def any_present(present: Mapping[str, jax.Array], modalities) -> jax.Array:
@@ -95,7 +95,7 @@ class FusionClassifier:
         input_shapes={m: tuple(spec.modalities[m].shape) for m in self.modalities},
     )
     self.objectives = (Objective("classification", self.loss),)
-    self._logits = jax.jit(self._eval_logits)
+    self._logits = jax.jit(self._eval_logits, compiler_options=compiler_options.repeated())
 
   def _inputs(self, batch: Batch) -> tuple[dict, dict]:
     checks.check_modalities(batch, self.modalities, "FusionClassifier batch")

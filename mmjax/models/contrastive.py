@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from mmjax import checks, eval as evaluation, losses
+from mmjax import checks, compiler_options, eval as evaluation, losses
 from mmjax.data.spec import DataSpec
 from mmjax.models import encoder_configs
 from mmjax.models.base import Batch, Family, Objective, Variables
@@ -83,9 +83,9 @@ class ContrastiveModel:
             embedding_loss=self.embedding_loss if exact_accumulation else None,
         ),
     )
-    self._embed = jax.jit(self._embed_batch)
-    self.embed_text = jax.jit(self._embed_text)
-    self.class_embeddings = jax.jit(self._class_embeddings)
+    self._embed = jax.jit(self._embed_batch, compiler_options=compiler_options.repeated())
+    self.embed_text = jax.jit(self._embed_text, compiler_options=compiler_options.repeated())
+    self.class_embeddings = jax.jit(self._class_embeddings, compiler_options=compiler_options.repeated())
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, self._inputs(batch)))

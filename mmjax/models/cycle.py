@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax import checks
+from mmjax import checks, compiler_options, linear
 from mmjax.data.spec import DataSpec
 from mmjax.losses.alignment import DISTANCES, cycle_consistency_loss
 from mmjax.models import decoder_configs, encoder_configs
@@ -46,7 +46,7 @@ class Translators(nn.Module):
   num_classes: int
 
   def setup(self):
-    self.head = nn.Dense(self.num_classes)
+    self.head = linear.Dense(self.num_classes)
 
   def to_label(self, x: jax.Array) -> jax.Array:
     return self.head(self.encoder(x)).astype(jnp.float32)
@@ -79,7 +79,7 @@ class CycleTranslation:
         num_classes=self.num_classes,
     )
     self.objectives = (Objective("translation", self.loss),)
-    self._terms = jax.jit(self.terms)
+    self._terms = jax.jit(self.terms, compiler_options=compiler_options.repeated())
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, batch[self.source].astype(jnp.float32)))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax import checks
+from mmjax import checks, compiler_options, linear
 from mmjax.data.spec import DataSpec
 from mmjax.eval import gan as gan_metrics
 from mmjax.losses import gan as gan_losses
@@ -93,13 +93,13 @@ class Discriminator(nn.Module):
   @nn.compact
   def __call__(self, inputs: Mapping[str, jax.Array], classes: jax.Array) -> jax.Array:
     parts = [encoder(inputs[m]) for m, encoder in self.encoders.items()]
-    parts += [nn.Dense(self.features, name=f"{m}_embedding")(inputs[m]) for m in self.label_modalities]
+    parts += [linear.Dense(self.features, name=f"{m}_embedding")(inputs[m]) for m in self.label_modalities]
     embedding = nn.Embed(self.num_classes, self.features, name="condition")(classes)
     hidden = jnp.concatenate(parts, axis=-1)
     if self.conditioning == "concat":
       hidden = jnp.concatenate([hidden, embedding], axis=-1)
-    hidden = nn.leaky_relu(nn.Dense(self.features, name="fuse")(hidden), 0.2)
-    logits = nn.Dense(1, name="output")(hidden)[:, 0]
+    hidden = nn.leaky_relu(linear.Dense(self.features, name="fuse")(hidden), 0.2)
+    logits = linear.Dense(1, name="output")(hidden)[:, 0]
     if self.conditioning == "projection":
       logits = logits + jnp.sum(embedding * hidden, axis=-1)
     return logits.astype(jnp.float32)
@@ -180,7 +180,7 @@ class ConditionalGAN:
         Objective("discriminator", self.discriminator_loss, trains=("discriminator",), repeats=config.n_critic),
         Objective("generator", self.generator_loss, trains=("generator",)),
     )
-    self._generate = jax.jit(self._generate_classes)
+    self._generate = jax.jit(self._generate_classes, compiler_options=compiler_options.repeated())
 
   def _real(self, batch: Batch) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """The real pair in the discriminator's representation, its classes and its valid rows."""

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax import checks
+from mmjax import checks, compiler_options, linear
 from mmjax.data.spec import DataSpec
 from mmjax.eval import coherence
 from mmjax.losses import likelihoods as lik
@@ -117,7 +117,7 @@ class VAEModule(nn.Module):
   input_shapes: Mapping[str, tuple[int, ...]]
 
   def setup(self):
-    self.heads = {m: nn.Dense(self.outputs_per_latent * self.latent_size, name=f"posterior_{m}") for m in sorted(self.encoders)}
+    self.heads = {m: linear.Dense(self.outputs_per_latent * self.latent_size, name=f"posterior_{m}") for m in sorted(self.encoders)}
     self.learned = {
         m: self.param(f"log_scale_{m}", nn.initializers.constant(value), ())
         for m, (value, learned) in self.log_scales.items() if learned
@@ -220,8 +220,8 @@ class MultimodalVAE:
         **self.module_fields(),
     )
     self.objectives = (Objective(self.objective, self.loss),)
-    self._evaluation = jax.jit(self._evaluation_outputs)
-    self._prior_samples = jax.jit(self.sample, static_argnums=1)
+    self._evaluation = jax.jit(self._evaluation_outputs, compiler_options=compiler_options.repeated())
+    self._prior_samples = jax.jit(self.sample, static_argnums=1, compiler_options=compiler_options.repeated())
 
   # -- pieces the families combine ---------------------------------------------------------------
 

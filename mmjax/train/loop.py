@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mmjax import compiler_options
 from mmjax.models.base import Batch, Model
 from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.schema import ConfigError, Field
@@ -133,6 +134,7 @@ class Trainer:
         in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
         out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh)),
         donate_argnums=(0,),
+        compiler_options=compiler_options.repeated(),
     )
 
   def train_step(self, state: step_lib.TrainState, batch: Batch) -> tuple[step_lib.TrainState, dict]:
@@ -158,7 +160,9 @@ class Trainer:
 
   def init_state(self, seed: int) -> step_lib.TrainState:
     """A fresh state, created directly with its shardings (never materialised on one device)."""
-    return jax.jit(self._init, out_shardings=self.state_sharding)(jax.random.key(seed))
+    return jax.jit(self._init, out_shardings=self.state_sharding, compiler_options=compiler_options.once())(
+        jax.random.key(seed)
+    )
 
   @property
   def restore_target(self) -> step_lib.TrainState:
