@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax import compiler_options
 from mmjax.models.base import Objective
 from mmjax.train import step as step_lib
 from mmjax.train import utilization
@@ -94,13 +95,18 @@ class CompiledStep:
 
 
 def compile_mmjax(side: MmjaxSide, seed: int = 0) -> CompiledStep:
-  """`mmjax.train.step.make_train_step` jitted as the trainer does (state donated), compiled
+  """`mmjax.train.step.make_train_step` jitted as the trainer does (state donated, the trainer's
+  `mmjax.compiler_options`), compiled
   ahead of time; `compile_seconds` is the wall time of tracing, lowering and compiling the first
   step, `compile_cpu_seconds` the process CPU time it took (less sensitive to other load)."""
   optimizers = {objective.name: side.optimizer for objective in side.model.objectives}
   batch = jax.device_put(side.batch)
-  state = jax.jit(step_lib.make_init(side.model, optimizers, batch))(jax.random.key(seed))
-  train_step = jax.jit(step_lib.make_train_step(side.model, optimizers), donate_argnums=0)
+  state = jax.jit(step_lib.make_init(side.model, optimizers, batch), compiler_options=compiler_options.once())(
+      jax.random.key(seed)
+  )
+  train_step = jax.jit(
+      step_lib.make_train_step(side.model, optimizers), donate_argnums=0, compiler_options=compiler_options.repeated()
+  )
   start, start_cpu = time.perf_counter(), time.process_time()
   compiled = train_step.lower(state, batch).compile()
   compile_seconds, compile_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
