@@ -2,11 +2,26 @@
 
 import math
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from tests import jaxprs
+
+@pytest.fixture(params=["with_jit", "without_jit"])
+def jit_variant(request):
+  """Runs a test twice: as written, and with every `jax.jit` in it a no-op (`chex.fake_jit`), so a
+  reference comparison holds both compiled and op by op."""
+  if request.param == "with_jit":
+    yield request.param
+  else:
+    with chex.fake_jit():
+      seen = []
+      jax.jit(lambda x: seen.append(type(x)) or x)(1.0)
+      assert seen == [float], seen  # the function ran on the value itself, not traced
+      yield request.param
+
 
 @pytest.fixture
 def count_remats():

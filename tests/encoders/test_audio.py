@@ -109,7 +109,7 @@ def test_filterbank_matches_values_computed_by_librosa(mel_scale, mel_norm, entr
 
 
 @pytest.mark.parametrize("settings", FRONT_ENDS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
-def test_log_mel_matches_the_numpy_reference_in_float64(settings):
+def test_log_mel_matches_the_numpy_reference_in_float64(settings, jit_variant):
   waveforms = np.random.default_rng(1).uniform(-1, 1, (2, 3, 1001))  # leading dims, length not a multiple of hop
   with jax.enable_x64(True):
     log_mel = jax.jit(functools.partial(log_mel_spectrogram, sample_rate=SAMPLE_RATE, **settings))(
@@ -121,7 +121,7 @@ def test_log_mel_matches_the_numpy_reference_in_float64(settings):
   np.testing.assert_allclose(log_mel, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_log_mel_in_float32_is_within_rounding_error():
+def test_log_mel_in_float32_is_within_rounding_error(jit_variant):
   # Float32 rounds at 6e-8 relative; an n-point FFT accumulates about log2(n) = 8 roundings per output
   # and each filter sums < 130 bins of one sign, so a mel energy is off by ~1e-5 of the energy it
   # collects, at worst. White noise puts a comparable share of the frame's power into every filter,
@@ -167,7 +167,7 @@ def test_mel_scales_known_values():
     np.testing.assert_allclose(audio._mel_to_hz(audio._hz_to_mel(hz, scale), scale), hz, rtol=1e-12)
 
 
-def test_log_mel_gradient_matches_finite_differences():
+def test_log_mel_gradient_matches_finite_differences(jit_variant):
   settings = dict(sample_rate=SAMPLE_RATE, n_fft=64, hop_length=32, n_mels=8)
   rng = np.random.default_rng(2)
   with jax.enable_x64(True):

@@ -99,7 +99,7 @@ BRANCHES = {
 
 
 @pytest.mark.parametrize("block", sorted(BRANCHES))
-def test_residual_block_matches_numpy_in_eval_mode(block, conv2d):
+def test_residual_block_matches_numpy_in_eval_mode(block, conv2d, jit_variant):
   module = ResidualBlock(channels=4, stride=2, block=block, norm="batch", zero_init_residual=False)
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))  # even: "SAME" would pad asymmetrically
   variables = _perturb(jax.jit(module.init, static_argnums=2)(jax.random.key(2), x, False), jax.random.key(3))
@@ -124,7 +124,7 @@ def test_residual_block_matches_numpy_in_eval_mode(block, conv2d):
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_train_mode_updates_running_statistics_with_momentum_0_9(conv2d):
+def test_train_mode_updates_running_statistics_with_momentum_0_9(conv2d, jit_variant):
   encoder = _tiny()
   variables = jax.jit(encoder.init)(jax.random.key(0), IMAGES)
   variables = _perturb(variables, jax.random.key(1))
@@ -155,7 +155,7 @@ def test_train_mode_updates_running_statistics_with_momentum_0_9(conv2d):
   assert "shortcut_norm" not in new["stage0_block0"] and "shortcut_norm" in new["stage1_block0"]
 
 
-def test_eval_mode_is_per_sample_and_uses_the_running_statistics():
+def test_eval_mode_is_per_sample_and_uses_the_running_statistics(jit_variant):
   encoder = _tiny()
   variables = jax.jit(encoder.init)(jax.random.key(0), IMAGES)
   evaluate = jax.jit(encoder.apply)

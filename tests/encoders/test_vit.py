@@ -50,7 +50,7 @@ def test_heads_and_positions_own_the_expected_parameters():
   assert set(attention["map_head"]) == {"probe", "attention", "mlp_norm", "mlp_in", "mlp_out"}
 
 
-def test_sincos2d_table_matches_numpy():
+def test_sincos2d_table_matches_numpy(jit_variant):
   rows, cols, width, temperature = 3, 5, 16, 10_000.0
   quarter = width // 4
   expected = np.zeros((rows * cols, width))
@@ -77,7 +77,7 @@ def _patches(images, patch_size):
 
 
 @pytest.mark.parametrize("pooling,positions", [("gap", "sincos2d"), ("token", "learned")])
-def test_depth_zero_encoder_matches_numpy(pooling, positions, numpy_layers):
+def test_depth_zero_encoder_matches_numpy(pooling, positions, numpy_layers, jit_variant):
   # With no blocks, the encoder is patch embedding + positions (+ class token), final norm, head.
   _, layer_norm = numpy_layers
   encoder = _tiny(depth=0, pooling=pooling, positions=positions)
@@ -105,7 +105,7 @@ def test_depth_zero_encoder_matches_numpy(pooling, positions, numpy_layers):
   np.testing.assert_allclose(encoded.pooled, project(pooled), rtol=1e-4, atol=1e-5)
 
 
-def test_map_head_matches_numpy_and_ignores_token_order(numpy_layers):
+def test_map_head_matches_numpy_and_ignores_token_order(numpy_layers, jit_variant):
   gelu, layer_norm = numpy_layers
   head = MAPHead(num_heads=2, mlp_ratio=3)
   tokens = jax.random.normal(jax.random.key(2), (2, 5, 8))

@@ -4,7 +4,7 @@ A two-process run equals a one-process run: both use 4 devices, one process with
 devices or two processes with 2 each. Each process reads only its rows of every global batch, so
 equal losses show the global batch, the collectives, the collective checkpoint and the single log
 writer are right. And two `mmjax train` processes started through the MMJAX_* variables alone form
-one run, which stops as one when only one of them is sent SIGTERM.
+one run, which stops as one when only one of them (the coordinator or the other) is sent SIGTERM.
 """
 
 import json
@@ -99,12 +99,13 @@ def _outputs(processes, timeout):
   return outputs
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
+def _preempt_one_process(data_dir, workdir: str, signalled: int) -> tuple[int, list[dict]]:
+  """Starts a 2-process run, sends SIGTERM to process `signalled` alone after step 3, and checks
+  that both stop at the same step with status 75 and one checkpoint. Returns that step and the
+  logged records."""
   processes = _start_through_the_environment(data_dir, workdir)
   wait_for_step(workdir, 3, processes[0])  # process 0 writes the logs
-  processes[1].send_signal(signal.SIGTERM)  # the other one alone is preempted
+  processes[signalled].send_signal(signal.SIGTERM)
   outputs = _outputs(processes, timeout=120)  # stopping takes seconds; a process left alone trains on
 
   logged = _records(workdir)
@@ -112,10 +113,23 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(
   for index, (status, _, err) in enumerate(outputs):
     assert f"mmjax: process {index} of 2 joined" in err, err[-3000:]
     assert status == 75, (index, err[-3000:])
-    assert f"stopped by SIGTERM to process 1 after step {stopped_at}; checkpoint {stopped_at} saved" in err, err[-3000:]
+    expected = f"stopped by SIGTERM to process {signalled} after step {stopped_at}; checkpoint {stopped_at} saved"
+    assert expected in err, err[-3000:]
     assert "Traceback" not in err
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stopped_at)]
   assert [r["step"] for r in logged] == list(range(1, stopped_at + 1))
+  return stopped_at, logged
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_coordinator_alone_stops_both_at_the_same_step(data_dir, tmp_path):
+  _preempt_one_process(data_dir, str(tmp_path / "run"), signalled=0)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_run_resumes(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  stopped_at, logged = _preempt_one_process(data_dir, workdir, signalled=1)  # not the coordinator
 
   # Both go on from that checkpoint: the lines logged before it are kept as they were (their
   # wall-clock fields included), and the two processes end with one evaluation.
