@@ -19,6 +19,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -28,7 +29,18 @@ from jax._src import dispatch  # the event name of a backend compilation
 from mmjax import experiment
 from mmjax.schema import ConfigError
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+def _is_run_config(path: str) -> bool:
+  """A config file defines ``get_config()`` with no argument; helpers that configs build on
+  (``vae_digits_base.get_config(family, ...)``) are not runs."""
+  with open(path) as f:
+    return re.search(r"^def get_config\(\)", f.read(), re.MULTILINE) is not None
+
+
+CONFIGS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+    if _is_run_config(p)
+)
 
 
 def measure(name: str, data_dir: str) -> dict:
