@@ -36,6 +36,13 @@ def make_batch(seed: int = 0, modalities=("audio", "image", "text")) -> tuple[di
   return {m: inputs[m] for m in modalities}, {m: jnp.asarray(PRESENT[m]) for m in modalities}
 
 
+def init_and_apply(module, inputs: dict, present: dict, apply=lambda f: f, seed: int = 0):
+  """`(params, output)`: the module's parameters from key `seed`, and ``apply(module.apply)`` (a
+  chex variant, for instance) on the batch with them."""
+  params = module.init(jax.random.key(seed), inputs, present)["params"]
+  return params, apply(module.apply)({"params": params}, inputs, present)
+
+
 @pytest.fixture
 def batch():
   """`make_batch` as a fixture, for tests that are plain functions."""

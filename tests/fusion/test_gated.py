@@ -2,12 +2,11 @@
 generalisation, in NumPy float64, with modalities missing."""
 
 import chex
-import jax
 import numpy as np
 from scipy.special import expit, softmax
 
 from mmjax.fusion import GatedFusion, GatedMultimodalUnit
-from tests.fusion.conftest import make_batch
+from tests.fusion.conftest import init_and_apply, make_batch
 
 
 def _numpy_inputs(inputs, present):
@@ -27,8 +26,7 @@ class AgainstNumpyTest(chex.TestCase):
   def test_two_modality_unit_follows_arevalo_et_al(self):
     inputs, present = make_batch(4, ("audio", "image"))
     module = GatedMultimodalUnit(6)
-    params = module.init(jax.random.key(0), inputs, present)["params"]
-    got = self.variant(module.apply)({"params": params}, inputs, present)
+    params, got = init_and_apply(module, inputs, present, self.variant, seed=0)
     chex.assert_shape(got, (5, 6))
     names, (x1, x2), (p1, p2) = _numpy_inputs(inputs, present)
     h1, h2 = (np.tanh(_dense(params[f"{n}_hidden"], x)) for n, x in zip(names, (x1, x2)))
@@ -42,8 +40,7 @@ class AgainstNumpyTest(chex.TestCase):
   def test_n_modality_unit_gates_with_a_softmax_over_present_modalities(self):
     inputs, present = make_batch(5)
     module = GatedFusion(4)
-    params = module.init(jax.random.key(1), inputs, present)["params"]
-    got = self.variant(module.apply)({"params": params}, inputs, present)
+    params, got = init_and_apply(module, inputs, present, self.variant, seed=1)
     chex.assert_shape(got, (5, 4))
     names, xs, here = _numpy_inputs(inputs, present)
     xs = [np.where(p[:, None], x, 0) for x, p in zip(xs, here)]  # absent inputs read as zeros

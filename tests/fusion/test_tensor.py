@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.fusion import LowRankFusion, TensorFusion
-from tests.fusion.conftest import make_batch
+from tests.fusion.conftest import init_and_apply, make_batch
 
 
 def _augmented(params, inputs, present):
@@ -27,8 +27,7 @@ class AgainstNumpyTest(chex.TestCase):
   def test_tensor_fusion_is_a_projection_of_the_outer_product(self):
     inputs, present = make_batch(0)
     module = TensorFusion(3)
-    params = module.init(jax.random.key(0), inputs, present)["params"]
-    got = self.variant(module.apply)({"params": params}, inputs, present)
+    params, got = init_and_apply(module, inputs, present, self.variant, seed=0)
     a, i, t = _augmented(params, inputs, present)
     product = np.einsum("bi,bj,bk->bijk", a, i, t)  # audio varies slowest, then image, then text
     kernel = np.asarray(params["projection"]["kernel"], np.float64)
