@@ -154,17 +154,68 @@ def test_bfloat16_inputs_give_float32_loss(name):
   np.testing.assert_allclose(got, reference(a, b), rtol=2e-2)
 
 
-@pytest.mark.parametrize(
-    "call,message",
-    [
-        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 6)), 0.0), r"'text' embeddings: expected shape \(B, D\) with B=4, D=8, got \(4, 6\)"),
-        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((3, 8)), 0.0), r"'text' embeddings: expected shape"),
-        (lambda: losses.clip_loss(jnp.zeros((4,)), jnp.zeros((4, 8)), 0.0), r"'image' embeddings: expected shape \(B, D\), got \(4,\)"),
-        (lambda: losses.siglip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, jnp.zeros(4)), r"bias: expected shape \(\), got \(4,\)"),
-        (lambda: losses.clip_loss(jnp.zeros((4, 8)), jnp.zeros((4, 8)), 0.0, mask=jnp.ones(4)), r"mask: expected a bool array"),
-        (lambda: losses.nt_xent_loss(jnp.zeros((4, 8), jnp.int32), jnp.zeros((4, 8)), 0.1), r"'first' embeddings: expected a float array"),
-    ],
-)
-def test_bad_inputs_raise_clear_errors(call, message):
-  with pytest.raises(ValueError, match=message):
-    call()
+# Every public contrastive loss: its name in errors, its embeddings' names and its scalar
+# arguments, each bound to a valid value.
+PUBLIC = {
+    "clip_loss": (losses.clip_loss, ("image", "text"), {"log_scale": 0.0}),
+    "siglip_loss": (losses.siglip_loss, ("image", "text"), {"log_scale": 0.0, "bias": 0.0}),
+    "nt_xent_loss": (losses.nt_xent_loss, ("first", "second"), {"temperature": 0.1}),
+    "chunked_clip_loss": (losses.chunked_clip_loss, ("image", "text"), {"log_scale": 0.0}),
+    "chunked_siglip_loss": (losses.chunked_siglip_loss, ("image", "text"), {"log_scale": 0.0, "bias": 0.0}),
+}
+_BAD_INPUTS = {
+    # broken input -> (first, second, mask, scalar overrides), expected message after "<fn>: "
+    "second's width": (lambda f, s: ((4, 8), (4, 6), None, {}), r"'{1}' embeddings: expected shape \(B, D\) with B=4, D=8, got \(4, 6\)\.$"),
+    "second's rows": (lambda f, s: ((4, 8), (3, 8), None, {}), r"'{1}' embeddings: expected shape \(B, D\) with B=4, D=8, got \(3, 8\)\.$"),
+    "first's rank": (lambda f, s: ((4,), (4, 8), None, {}), r"'{0}' embeddings: expected shape \(B, D\), got \(4,\)\.$"),
+    "first's dtype": (lambda f, s: ((4, 8, "int32"), (4, 8), None, {}), r"'{0}' embeddings: expected a float array, got int32\.$"),
+    "second's dtype": (lambda f, s: ((4, 8), (4, 8, "int32"), None, {}), r"'{1}' embeddings: expected a float array, got int32\.$"),
+    "mask's shape": (lambda f, s: ((4, 8), (4, 8), jnp.ones(3, bool), {}), r"mask: expected shape \(B,\) with B=4, got \(3,\)\.$"),
+    "mask's dtype": (lambda f, s: ((4, 8), (4, 8), jnp.ones(4), {}), r"mask: expected a bool array, got float32\.$"),
+}
+
+
+def _array(spec):
+  *shape, dtype = spec if isinstance(spec[-1], str) else (*spec, "float32")
+  return jnp.zeros(shape, dtype)
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_INPUTS))
+@pytest.mark.parametrize("fn_name", sorted(PUBLIC))
+def test_every_input_check_names_the_loss_and_the_argument(fn_name, case):
+  """The whole message, anchored at both ends: a loss or argument name changed anywhere fails."""
+  fn, names, scalars = PUBLIC[fn_name]
+  build, message = _BAD_INPUTS[case]
+  first, second, mask, overrides = build(*names)
+  pattern = "^" + fn_name + ": " + message.format(*names)
+  with pytest.raises(ValueError, match=pattern):
+    fn(_array(first), _array(second), **{**scalars, **overrides}, mask=mask)
+
+
+@pytest.mark.parametrize("fn_name,scalar", [(fn_name, scalar) for fn_name in sorted(PUBLIC) for scalar in PUBLIC[fn_name][2]])
+def test_every_scalar_argument_must_be_a_scalar(fn_name, scalar):
+  fn, _, scalars = PUBLIC[fn_name]
+  with pytest.raises(ValueError, match=rf"^{fn_name}: {scalar}: expected shape \(\), got \(4,\)\.$"):
+    fn(jnp.zeros((4, 8)), jnp.zeros((4, 8)), **{**scalars, scalar: jnp.zeros(4)})
+
+
+@pytest.mark.parametrize("fn_name", sorted(PUBLIC))
+def test_float64_inputs_give_the_float32_loss(fn_name):
+  """Under jax_enable_x64, float64 embeddings and scalars are computed in float32 like any other
+  dtype: the result is float32 and equals the loss of the float32-rounded inputs."""
+  fn, _, scalars = PUBLIC[fn_name]
+  rng = np.random.default_rng(6)
+  a, b = _normalised(rng, (8, 16)), _normalised(rng, (8, 16))
+  scalars = {name: value + 0.3 for name, value in scalars.items()}
+  want = fn(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), **{k: jnp.float32(v) for k, v in scalars.items()})
+  with jax.enable_x64(True):
+    got = fn(jnp.asarray(a, jnp.float64), jnp.asarray(b, jnp.float64), **{k: jnp.float64(v) for k, v in scalars.items()})
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_nt_xent_default_temperature_is_simclrs_0_1():
+  rng = np.random.default_rng(7)
+  a, b = _normalised(rng, (6, 5)), _normalised(rng, (6, 5))
+  got = losses.nt_xent_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(got, nt_xent_reference(a, b, 0.1), rtol=1e-5)

@@ -125,3 +125,15 @@ def test_ring_memory_per_device_does_not_grow_with_devices(name):
   assert temp_bytes(DEVICES) <= temp_bytes(DEVICES // 2)
   # Less than the [local, global] logits a device holds when it gathers the texts instead.
   assert temp_bytes(DEVICES) < local * DEVICES * local * 4
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float64_inputs_give_the_float32_global_loss(name, assert_close):
+  """Under jax_enable_x64 the collective paths compute in float32 too, as the dense losses do."""
+  image, text, scalars, mask = _inputs(name, seed=3)
+  want = _shard_map_value_and_grads(name, "1d", image, text, scalars, mask)
+  with jax.enable_x64(True):
+    wide = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+    got = _shard_map_value_and_grads(name, "1d", wide(image), wide(text), tuple(map(wide, scalars)), mask)
+  assert got[0].dtype == jnp.float32
+  assert_close(got[0], want[0])
