@@ -96,6 +96,7 @@ class FusionClassifier:
     )
     self.objectives = (Objective("classification", self.loss),)
     self._logits = jax.jit(self._eval_logits, compiler_options=compiler_options.repeated())
+    self._evaluate_batch = jax.jit(self._evaluation_outputs, compiler_options=compiler_options.repeated())
 
   def _inputs(self, batch: Batch) -> tuple[dict, dict]:
     checks.check_modalities(batch, self.modalities, "FusionClassifier batch")
@@ -127,6 +128,12 @@ class FusionClassifier:
     present = {m: present[m] & ~hidden[i] for i, m in enumerate(self.modalities)}
     return self.module.apply(variables, inputs, present)
 
+  def _evaluation_outputs(self, variables: Variables, batch: Batch, hidden: jax.Array) -> dict[str, jax.Array]:
+    """Per sample: prediction correct, loss, and at least one modality present (``valid``)."""
+    logits = self._eval_logits(variables, batch, hidden)
+    return {"correct": jnp.argmax(logits, -1) == batch["label"], "valid": any_present(batch["present"], self.modalities),
+            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])}
+
   def predict(self, variables: Variables, batch: Batch) -> jax.Array:
     """``int32[B]`` predicted classes (jit-compiled)."""
     return jnp.argmax(self._logits(variables, batch, jnp.zeros(len(self.modalities), jnp.bool_)), -1)
@@ -140,11 +147,8 @@ class FusionClassifier:
     correct = {name: [] for name in conditions}
     losses, kept = [], []
     for batch in batches:
-      valid = any_present(batch["present"], self.modalities)
       for name, hidden in conditions.items():
-        logits = self._logits(variables, batch, jnp.asarray(hidden))
-        fetched = distributed.to_host({"correct": jnp.argmax(logits, -1) == batch["label"], "valid": valid,
-                                       "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])})
+        fetched = distributed.to_host(self._evaluate_batch(variables, batch, hidden))
         correct[name].append(fetched["correct"][fetched["valid"]])
         if not name:
           losses.append(fetched["loss"][fetched["valid"]])

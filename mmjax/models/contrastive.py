@@ -86,6 +86,7 @@ class ContrastiveModel:
     self._embed = jax.jit(self._embed_batch, compiler_options=compiler_options.repeated())
     self.embed_text = jax.jit(self._embed_text, compiler_options=compiler_options.repeated())
     self.class_embeddings = jax.jit(self._class_embeddings, compiler_options=compiler_options.repeated())
+    self._zero_shot_accuracy = jax.jit(self._top1_accuracy, compiler_options=compiler_options.repeated())
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     return dict(self.module.init(rng, self._inputs(batch)))
@@ -195,6 +196,9 @@ class ContrastiveModel:
       parts.append(jax.tree.map(lambda value: value[keep], fetched))
     return jax.tree.map(lambda *values: np.concatenate(values), *parts)
 
+  def _top1_accuracy(self, embeddings: jax.Array, classes: jax.Array, labels: jax.Array) -> jax.Array:
+    return evaluation.zero_shot_accuracy(embeddings, classes, labels)
+
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
     """Retrieval in both directions and, with class prompts, zero-shot top-1 accuracy.
 
@@ -211,7 +215,7 @@ class ContrastiveModel:
       query = second if first == self.text else first
       classes = self.class_embeddings(variables, self.class_prompts)
       metrics["zeroshot_top1"] = float(
-          evaluation.zero_shot_accuracy(embeddings[query], distributed.to_host(classes), embedded["label"])
+          self._zero_shot_accuracy(embeddings[query], distributed.to_host(classes), embedded["label"])
       )
     metrics["num_examples"] = int(len(embeddings[first]))
     return metrics

@@ -121,6 +121,8 @@ class Trainer:
     )
     micro_batch_sharding = NamedSharding(self.mesh, P(None, mesh_lib.BATCH_AXES))
     self._executable = None
+    # One compiled program for the schedules, not one per jnp operation they are made of.
+    self._learning_rates_at = jax.jit(self._schedule_values)
     self._jitted_step = jax.jit(
         step_lib.make_train_step(
             model,
@@ -176,9 +178,12 @@ class Trainer:
     batches = self.data.eval_batches(self.config.train.eval_batch_size, jax.process_index(), jax.process_count())
     return self.model.evaluate(state.evaluation_variables, (self.put(batch) for batch in batches))
 
+  def _schedule_values(self, step: jax.Array) -> dict[str, jax.Array]:
+    return {name: schedule(step * self.repeats[name]) for name, schedule in self.schedules.items()}
+
   def learning_rates(self, step: int) -> dict[str, float]:
     """The learning rate of each objective's (first) update at `step` (0-based)."""
-    rates = {name: float(schedule(step * self.repeats[name])) for name, schedule in self.schedules.items()}
+    rates = {name: float(rate) for name, rate in self._learning_rates_at(step).items()}
     if len(rates) == 1:
       return {"learning_rate": next(iter(rates.values()))}
     return {f"{name}/learning_rate": rate for name, rate in rates.items()}
