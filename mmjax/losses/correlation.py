@@ -167,6 +167,7 @@ def cca_loss(
   >>> round(float(cca_loss(x, -x, num_components=2, regularization=1e-6)), 3)
   -2.0
   """
+  enough = jnp.sum(_check_pair("cca_loss", first, second, mask, same_width=False)) >= 2
   correlations = canonical_correlations(first, second, regularization=regularization, epsilon=epsilon, mask=mask)
   size = correlations.shape[0]
   if num_components is None:
@@ -175,5 +176,4 @@ def cca_loss(
     raise ValueError(
         f"cca_loss: num_components: expected an int in [1, {size}] (min(D₁, D₂)), got {num_components!r}."
     )
-  enough = jnp.sum(_check_pair("cca_loss", first, second, mask, same_width=False)) >= 2
   return jnp.where(enough, -jnp.sum(correlations[:num_components]), 0.0)

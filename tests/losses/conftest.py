@@ -1,8 +1,16 @@
 """Fixtures shared by the loss tests."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
+
+
+def raises_exactly(message: str):
+  """`pytest.raises(ValueError)` matching the whole `message`, so that a name changed or decorated
+  anywhere in it (the function's, the argument's) fails the test."""
+  return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
 
 
 def assert_trees_close(got, want) -> None:

@@ -12,6 +12,7 @@ from absl.testing import parameterized
 from scipy.special import logsumexp
 
 from mmjax.losses import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
+from tests.losses.conftest import raises_exactly
 
 
 def _forward(cost: np.ndarray, gamma: float) -> np.ndarray:
@@ -164,17 +165,27 @@ def test_pairwise_squared_distances_against_numpy():
   assert float(pairwise_squared_distances(x[:, :1], x[:, :1]).min()) >= 0
 
 
-def test_bad_inputs_raise_naming_the_argument():
-  cost = np.zeros((2, 3, 4), np.float32)
-  with pytest.raises(ValueError, match=r"soft_dtw_cost: cost: expected shape \(B, \?, \?\), got \(3, 4\)"):
-    soft_dtw_cost(cost[0])
-  with pytest.raises(ValueError, match=r"soft_dtw_cost: x_lengths: expected shape \(B,\) with B=2, got \(3,\)"):
-    soft_dtw_cost(cost, x_lengths=np.ones(3, np.int32))
-  with pytest.raises(ValueError, match=r"soft_dtw_cost: y_lengths: expected an int array, got float32"):
-    soft_dtw_cost(cost, y_lengths=np.ones(2, np.float32))
-  with pytest.raises(ValueError, match=r"soft_dtw_alignment: gamma must be positive, got 0.0"):
-    soft_dtw_alignment(cost, gamma=0.0)
-  with pytest.raises(ValueError, match=r"soft_dtw_cost: cost: expected a float array, got int32"):
-    soft_dtw_cost(cost.astype(np.int32))
-  with pytest.raises(ValueError, match=r"pairwise_squared_distances: y: expected shape \(B, \?, D\) with B=2, D=4"):
-    pairwise_squared_distances(np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 5), np.float32))
+_z, _i = jnp.zeros, lambda shape: jnp.zeros(shape, jnp.int32)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: soft_dtw_cost(_z((3, 4))), "soft_dtw_cost: cost: expected shape (B, ?, ?), got (3, 4)."),
+        (lambda: soft_dtw_cost(_i((2, 3, 4))), "soft_dtw_cost: cost: expected a float array, got int32."),
+        (lambda: soft_dtw_cost(_z((2, 3, 4)), x_lengths=_i(3)), "soft_dtw_cost: x_lengths: expected shape (B,) with B=2, got (3,)."),
+        (lambda: soft_dtw_cost(_z((2, 3, 4)), x_lengths=_z(2)), "soft_dtw_cost: x_lengths: expected an int array, got float32."),
+        (lambda: soft_dtw_cost(_z((2, 3, 4)), y_lengths=_i(3)), "soft_dtw_cost: y_lengths: expected shape (B,) with B=2, got (3,)."),
+        (lambda: soft_dtw_cost(_z((2, 3, 4)), y_lengths=_z(2)), "soft_dtw_cost: y_lengths: expected an int array, got float32."),
+        (lambda: soft_dtw_cost(_z((2, 3, 4)), gamma=0.0), "soft_dtw_cost: gamma must be positive, got 0.0."),
+        (lambda: soft_dtw_alignment(_z((2, 3, 4)), gamma=-1.0), "soft_dtw_alignment: gamma must be positive, got -1.0."),
+        (lambda: soft_dtw_alignment(_z((3, 4))), "soft_dtw_alignment: cost: expected shape (B, ?, ?), got (3, 4)."),
+        (lambda: pairwise_squared_distances(_z((3, 4)), _z((2, 3, 4))), "pairwise_squared_distances: x: expected shape (B, ?, D), got (3, 4)."),
+        (lambda: pairwise_squared_distances(_z((2, 3, 4)), _z((2, 3, 5))), "pairwise_squared_distances: y: expected shape (B, ?, D) with B=2, D=4, got (2, 3, 5)."),
+        (lambda: pairwise_squared_distances(_i((2, 3, 4)), _z((2, 3, 4))), "pairwise_squared_distances: x: expected a float array, got int32."),
+        (lambda: pairwise_squared_distances(_z((2, 3, 4)), _i((2, 3, 4))), "pairwise_squared_distances: y: expected a float array, got int32."),
+    ],
+)
+def test_bad_inputs_raise_the_whole_message(call, message):
+  with raises_exactly(message):
+    call()
