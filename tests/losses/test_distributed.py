@@ -137,3 +137,28 @@ def test_float64_inputs_give_the_float32_global_loss(name, assert_close):
     got = _shard_map_value_and_grads(name, "1d", wide(image), wide(text), tuple(map(wide, scalars)), mask)
   assert got[0].dtype == jnp.float32
   assert_close(got[0], want[0])
+
+
+def test_pair_sum_takes_rows_that_vary_over_an_axis_its_columns_do_not(assert_close):
+  """`sigmoid_pair_sum` inputs may differ in variance: here each index of a second mesh axis holds
+  its own rows, while the columns ring over ``data`` only. Every (model index, device) sums its
+  rows against all columns, and values and gradients equal the dense sums, one per row set."""
+  from mmjax.losses.blockwise import sigmoid_pair_sum
+
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  rng = np.random.default_rng(4)
+  rows, columns = jnp.float32(rng.normal(size=(2, 12, 5))), jnp.float32(rng.normal(size=(12, 5)))
+  scale, bias = jnp.float32(1.5), jnp.float32(-0.5)
+  valid = jnp.ones(12, bool)
+
+  def per_device(rows, columns, valid, scale, bias):
+    local = sigmoid_pair_sum(rows[0], columns, scale, bias, valid, valid, chunk_size=2, axis_name="data")
+    return jax.lax.psum(local, "data")[None]
+
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P("model", "data"), P("data"), P("data"), P(), P()),
+                         out_specs=P("model"))
+  got = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(mapped(*a[:2], valid, *a[2:])), argnums=(0, 1, 2, 3)))(
+      rows, columns, scale, bias)
+  dense = lambda rows, columns, scale, bias: sum(  # noqa: E731
+      sigmoid_pair_sum(r, columns, scale, bias, valid, valid, chunk_size=2) for r in rows)
+  assert_close(got, jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(rows, columns, scale, bias))
