@@ -139,26 +139,57 @@ def test_float64_inputs_give_the_float32_global_loss(name, assert_close):
   assert_close(got[0], want[0])
 
 
-def test_pair_sum_takes_rows_that_vary_over_an_axis_its_columns_do_not(assert_close):
-  """`sigmoid_pair_sum` inputs may differ in variance: here each index of a second mesh axis holds
-  its own rows, while the columns ring over ``data`` only. Every (model index, device) sums its
-  rows against all columns, and values and gradients equal the dense sums, one per row set."""
+@pytest.mark.parametrize("varying", ["rows", "columns", "scale", "bias"])
+def test_pair_sum_takes_inputs_that_vary_over_an_axis_the_others_do_not(varying, assert_close):
+  """`sigmoid_pair_sum` inputs may differ in variance: here one of them takes a different value on
+  each index of a second mesh axis (``model``) while the others do not, and the columns ring over
+  ``data``. Every (model index, device) sums its rows against all columns, and values and
+  gradients equal the dense sums, one per value of the varying input."""
   from mmjax.losses.blockwise import sigmoid_pair_sum
 
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   rng = np.random.default_rng(4)
-  rows, columns = jnp.float32(rng.normal(size=(2, 12, 5))), jnp.float32(rng.normal(size=(12, 5)))
-  scale, bias = jnp.float32(1.5), jnp.float32(-0.5)
+  inputs = {"rows": rng.normal(size=(12, 5)), "columns": rng.normal(size=(12, 5)), "scale": 1.5, "bias": -0.5}
+  # The varying input gets a leading axis of 2 values, split over ``model``.
+  inputs[varying] = np.stack([np.asarray(inputs[varying]), 0.5 * np.asarray(inputs[varying]) + 0.1])
+  inputs = {name: jnp.float32(value) for name, value in inputs.items()}
+  names = ("rows", "columns", "scale", "bias")
   valid = jnp.ones(12, bool)
 
-  def per_device(rows, columns, valid, scale, bias):
-    local = sigmoid_pair_sum(rows[0], columns, scale, bias, valid, valid, chunk_size=2, axis_name="data")
+  def per_device(valid, *args):
+    args = dict(zip(names, args))
+    args[varying] = args[varying][0]
+    local = sigmoid_pair_sum(*(args[n] for n in names), valid, valid, chunk_size=2, axis_name="data")
     return jax.lax.psum(local, "data")[None]
 
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P("model", "data"), P("data"), P("data"), P(), P()),
-                         out_specs=P("model"))
-  got = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(mapped(*a[:2], valid, *a[2:])), argnums=(0, 1, 2, 3)))(
-      rows, columns, scale, bias)
-  dense = lambda rows, columns, scale, bias: sum(  # noqa: E731
-      sigmoid_pair_sum(r, columns, scale, bias, valid, valid, chunk_size=2) for r in rows)
-  assert_close(got, jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(rows, columns, scale, bias))
+  batch = {"rows": P("data"), "columns": P("data"), "scale": P(), "bias": P()}
+  batch[varying] = P("model", *batch[varying])
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"), *(batch[n] for n in names)), out_specs=P("model"))
+  got = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(mapped(valid, *a)), argnums=(0, 1, 2, 3)))(*(inputs[n] for n in names))
+
+  def dense(*args):
+    args = dict(zip(names, args))
+    return sum(sigmoid_pair_sum(*(value if n == varying else args[n] for n in names), valid, valid, chunk_size=2)
+               for value in args[varying])
+
+  assert_close(got, jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(*(inputs[n] for n in names)))
+
+
+def test_pair_sum_with_inputs_replicated_over_the_ring_axis():
+  """Inputs that do not vary over `axis_name` at all (the same rows and columns on every device)
+  still ring: each device sums its rows against its own block, with positives, and against the
+  same block again on each of the other hops, without."""
+  from mmjax.losses.blockwise import sigmoid_pair_sum
+
+  mesh = jax.make_mesh((DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  rng = np.random.default_rng(5)
+  rows, columns = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+  valid = jnp.ones(6, bool)
+  per_device = lambda r, c: sigmoid_pair_sum(r, c, jnp.float32(2.0), jnp.float32(-1.0), valid, valid, chunk_size=4,  # noqa: E731
+                                             axis_name="data")[None]
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=P("data"))
+  got = jax.jit(mapped)(jnp.float32(rows), jnp.float32(columns))  # every device's own sum
+  logits = 2.0 * rows @ columns.T - 1.0
+  softplus = lambda x: np.logaddexp(x, 0.0)  # noqa: E731
+  with_positives = np.sum(np.where(np.eye(6, dtype=bool), softplus(-logits), softplus(logits)))
+  np.testing.assert_allclose(got, np.full(DEVICES, with_positives + (DEVICES - 1) * np.sum(softplus(logits))), rtol=1e-5)
