@@ -193,3 +193,51 @@ def test_pair_sum_with_inputs_replicated_over_the_ring_axis():
   softplus = lambda x: np.logaddexp(x, 0.0)  # noqa: E731
   with_positives = np.sum(np.where(np.eye(6, dtype=bool), softplus(-logits), softplus(logits)))
   np.testing.assert_allclose(got, np.full(DEVICES, with_positives + (DEVICES - 1) * np.sum(softplus(logits))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scale_beyond_the_clamp_is_clamped_like_the_dense_loss(name, assert_close):
+  """A log-scale past ``max_scale`` (100) gives the dense loss at scale 100 and no scale gradient."""
+  image, text, scalars, mask = _inputs(name, seed=6)
+  scalars = (jnp.float32(np.log(300.0)), *scalars[1:])
+  got = _shard_map_value_and_grads(name, "1d", image, text, scalars, mask)
+  assert_close(got, _dense_value_and_grads(name, image, text, scalars, mask))
+  assert float(got[1][2]) == 0.0
+
+
+@pytest.mark.parametrize("varying", ["rows", "columns", "scale"])
+def test_cross_entropies_take_inputs_that_vary_over_an_axis_the_others_do_not(varying, assert_close):
+  """`row_column_cross_entropies` under `shard_map`, with one input taking a different value on
+  each device of the axis and the others replicated: values and gradients equal the dense ones."""
+  from mmjax.losses.blockwise import row_column_cross_entropies
+
+  mesh = jax.make_mesh((2,), ("model",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
+  rng = np.random.default_rng(7)
+  inputs = {"rows": rng.normal(size=(5, 3)), "columns": rng.normal(size=(7, 3)), "scale": 2.0}
+  inputs[varying] = np.stack([np.asarray(inputs[varying]), -0.5 * np.asarray(inputs[varying]) + 0.2])
+  inputs = {name: jnp.float32(value) for name, value in inputs.items()}
+  names = ("rows", "columns", "scale")
+  row_valid, column_valid = jnp.array([1, 1, 0, 1, 1], bool), jnp.array([1, 1, 1, 0, 1, 1, 1], bool)
+
+  def cross_entropy_sum(rows, columns, scale):
+    row_shifted, row_shift, positive, column_shifted, column_shift = row_column_cross_entropies(
+        rows, columns, scale, row_valid, column_valid, chunk_size=2, offset=1)
+    rows_ce = jnp.where(row_valid, row_shifted + (row_shift - positive), 0.0)
+    columns_ce = jnp.where(row_valid, column_shifted[1:6] + (column_shift[1:6] - positive), 0.0)
+    return jnp.sum(rows_ce) + jnp.sum(columns_ce)
+
+  def per_device(*args):
+    args = dict(zip(names, args))
+    args[varying] = args[varying][0]
+    return cross_entropy_sum(*(args[n] for n in names))[None]
+
+  specs = {"rows": P(), "columns": P(), "scale": P()}
+  specs[varying] = P("model")
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs[n] for n in names), out_specs=P("model"))
+  got = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(mapped(*a)), argnums=(0, 1, 2)))(*(inputs[n] for n in names))
+
+  def dense(*args):
+    args = dict(zip(names, args))
+    return sum(cross_entropy_sum(*(value if n == varying else args[n] for n in names)) for value in args[varying])
+
+  assert_close(got, jax.value_and_grad(dense, argnums=(0, 1, 2))(*(inputs[n] for n in names)))
