@@ -205,3 +205,13 @@ class VariantsTest(chex.TestCase):
     chex.assert_shape(grads, (9, 6))
     np.testing.assert_allclose(value, _clip_reference(image, text, 20.0), rtol=1e-5)
     chex.assert_trees_all_close(grads, jax.value_and_grad(losses.clip_loss, argnums=(0, 1))(image, text, jnp.float32(np.log(20.0)))[1], rtol=1e-5, atol=1e-7)
+
+
+def test_recomputed_shifted_logits_are_capped_at_exp_0():
+  """The backward pass's ``exp(logit − saved max)`` cannot exceed 1 even where the recomputed logit
+  rounds above the maximum the forward pass saved (`blockwise._exp_at_most_1`)."""
+  from mmjax.losses.blockwise import _exp_at_most_1
+
+  shifted = jnp.float32([-50.0, -1.0, 0.0, 1e-6, 0.5, 3.0, 1e30])
+  np.testing.assert_array_equal(_exp_at_most_1(shifted), np.exp(np.minimum(np.float32(shifted), 0), dtype=np.float32))
+  assert np.all(np.asarray(_exp_at_most_1(shifted))[3:] == 1.0)

@@ -211,7 +211,7 @@ def test_float64_inputs_give_the_float32_loss(fn_name):
   with jax.enable_x64(True):
     got = fn(jnp.asarray(a, jnp.float64), jnp.asarray(b, jnp.float64), **{k: jnp.float64(v) for k, v in scalars.items()})
   assert got.dtype == jnp.float32
-  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(got, want)  # computed in float32 throughout: bit for bit
 
 
 def test_nt_xent_default_temperature_is_simclrs_0_1():
