@@ -215,3 +215,16 @@ def test_recomputed_shifted_logits_are_capped_at_exp_0():
   shifted = jnp.float32([-50.0, -1.0, 0.0, 1e-6, 0.5, 3.0, 1e30])
   np.testing.assert_allclose(_exp_at_most_1(shifted), np.exp(np.minimum(np.float64(shifted), 0)), rtol=1e-6)
   assert np.all(np.asarray(_exp_at_most_1(shifted))[3:] == 1.0)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+@pytest.mark.parametrize("chunk_size,batch,steps", [(1, 5, 5), (2, 5, 3), (8, 5, 1)])
+def test_rows_are_scanned_chunk_size_at_a_time(name, chunk_size, batch, steps):
+  """The forward pass scans ``ceil(B / chunk)`` chunks of ``chunk = clip(chunk_size, 1, B)`` rows."""
+  from tests.jaxprs import equations
+
+  loss = {"clip": lambda a, b: losses.chunked_clip_loss(a, b, 0.0, chunk_size=chunk_size),
+          "siglip": lambda a, b: losses.chunked_siglip_loss(a, b, 0.0, 0.0, chunk_size=chunk_size)}[name]
+  embeddings = jnp.zeros((batch, 3))
+  scans = [e for e in equations(jax.make_jaxpr(loss)(embeddings, embeddings).jaxpr) if e.primitive.name == "scan"]
+  assert scans and {e.params["length"] for e in scans} == {steps}
