@@ -5,8 +5,8 @@ evaluation) while a `jax.monitoring` listener records XLA's backend compilation 
 report gives, per config, the compile time of the train step (``jit(train_step)``) and of
 everything compiled for the run (initialisation, evaluation, …), and apart from them what the
 reference classifiers of a generative config compiled while they were trained first.
-Compilation is mostly single-threaded, but on a loaded machine its wall time still grows with the load: the load
-average is recorded alongside. A config whose data cannot be built here (``mmvae_mnist_svhn``
+Compilation is mostly single-threaded, but on a loaded machine its wall time still grows with the
+load: the load average is recorded alongside. A config whose data cannot be built here (``mmvae_mnist_svhn``
 needs the real MNIST and SVHN) is reported as skipped, with the reason.
 
 Usage::
@@ -28,8 +28,8 @@ import jax
 from jax._src import dispatch  # the event name of a backend compilation
 
 from mmjax import experiment
-from mmjax.train import loop
 from mmjax.schema import ConfigError
+from mmjax.train import loop
 
 def _is_run_config(path: str) -> bool:
   """A config file defines ``get_config()`` with no argument; helpers that configs build on
