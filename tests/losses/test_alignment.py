@@ -1,5 +1,7 @@
 """Cycle consistency, gradient reversal and domain-adversarial alignment against independent references."""
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from absl.testing import parameterized
 from scipy.special import log_expit
 
 from mmjax import losses
+from mmjax.losses.alignment import DISTANCES
 from tests.losses.conftest import raises_exactly
 
 
@@ -51,6 +54,28 @@ def test_gradient_reversal_keeps_the_cotangent_dtype_and_works_under_vmap():
   scales = jnp.float32([0.5, 1.0, 2.0])
   grads = jax.vmap(jax.grad(lambda x, s: jnp.sum(losses.gradient_reversal(x, s) ** 2)))(jnp.ones((3, 2)), scales)
   np.testing.assert_array_equal(grads, -2.0 * np.asarray(scales)[:, None] * np.ones((3, 2)))
+
+
+def test_gradient_reversal_defaults_to_scale_one():
+  weights = np.float32(_normal(20, (3, 4)))
+  grad = jax.grad(lambda x: jnp.sum(losses.gradient_reversal(x) * weights))(jnp.ones((3, 4)))
+  np.testing.assert_array_equal(grad, -weights)
+
+
+def test_gradient_reversal_applies_the_scale_in_float32_under_x64():
+  """A Python or float64 scale is taken as float32 whether or not jax_enable_x64 is on, so enabling
+  it does not change the reversed gradient: ``-float32(0.1) · g`` rounded once in float32."""
+  weights = np.float32(_normal(21, 64))
+  want = -np.float32(0.1) * weights
+  # 0.1 is not a float32: a float64 scale rounds some of these products differently.
+  assert np.any(want != np.float32(-0.1 * weights.astype(np.float64)))
+  for scale in (0.1, np.float64(0.1)):
+    head = lambda x: jnp.sum(losses.gradient_reversal(x, scale) * weights)
+    np.testing.assert_array_equal(jax.grad(head)(jnp.ones(64, jnp.float32)), want)
+    with jax.enable_x64(True):
+      got = jax.grad(head)(jnp.ones(64, jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want, err_msg=repr(scale))
 
 
 # ---- Cycle consistency --------------------------------------------------------------------------
@@ -124,6 +149,25 @@ def test_cycle_consistency_masks_and_vmap():
   np.testing.assert_allclose(got, [cycle_reference(a, a_cycled, b, b_cycled, 1), 2 * cycle_reference(a, a_cycled, b, b_cycled, 1)], rtol=1e-6)
 
 
+def test_cycle_consistency_computes_float64_and_bfloat16_inputs_in_float32():
+  """Under jax_enable_x64, float64 batches give the float32 loss of the same values bit for bit;
+  so do bfloat16 ones, each operand cast separately."""
+  a, b = _normal(15, (4, 3)), _normal(16, (2, 5))
+  batches = (a, a + _normal(17, a.shape), b, b - _normal(18, b.shape))
+  for distance in DISTANCES:
+    want = losses.cycle_consistency_loss(*map(jnp.float32, batches), distance=distance)
+    with jax.enable_x64(True):
+      for cast in itertools.product((jnp.float32, jnp.float64), repeat=4):
+        got = losses.cycle_consistency_loss(*(to(x) for to, x in zip(cast, map(jnp.float32, batches))), distance=distance)
+        assert got.dtype == jnp.float32, (distance, cast)
+        np.testing.assert_array_equal(got, want, err_msg=f"{distance} {cast}")
+    rounded = [jnp.asarray(x, jnp.bfloat16) for x in batches]
+    np.testing.assert_array_equal(
+        losses.cycle_consistency_loss(*rounded, distance=distance),
+        losses.cycle_consistency_loss(*(x.astype(jnp.float32) for x in rounded), distance=distance),
+    )
+
+
 # ---- Domain-adversarial alignment ---------------------------------------------------------------
 
 X1, X2 = _normal(11, (5, 3)), _normal(12, (4, 2))  # two modalities, different input sizes
@@ -154,6 +198,13 @@ def classification_loss(encoders, classifier):
 def _adversarial_loss(encoders, classifier, scale):
   first, second = _encode(encoders)
   return losses.domain_adversarial_loss(_classifier(classifier), first, second, scale=scale)
+
+
+def test_domain_adversarial_reverses_at_scale_one_by_default():
+  encoders, classifier = _params(2)
+  got = jax.grad(lambda encoders: losses.domain_adversarial_loss(_classifier(classifier), *_encode(encoders)))(encoders)
+  plain = jax.grad(classification_loss)(encoders, classifier)
+  chex.assert_trees_all_close(got, jax.tree.map(jnp.negative, plain), rtol=1e-5, atol=1e-7)
 
 
 def test_domain_adversarial_masks_and_vmap():

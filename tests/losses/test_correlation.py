@@ -70,6 +70,36 @@ def test_cosine_alignment_mask_and_zero_vectors():
   assert float(losses.cosine_alignment_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), mask=jnp.zeros(2, bool))) == 0.0
 
 
+def test_cosine_alignment_with_one_kept_pair_is_that_pair_s_distance():
+  first, second = jnp.float32([[1.0, 0.0], [3.0, 4.0]]), jnp.float32([[0.0, 2.0], [4.0, 3.0]])
+  for kept, distance in ((0, 1.0), (1, 1.0 - 24.0 / 25.0)):
+    got = losses.cosine_alignment_loss(first, second, mask=jnp.arange(2) == kept)
+    np.testing.assert_allclose(got, distance, rtol=1e-6)
+
+
+_FLOAT32_LOSSES = {
+    "cosine_alignment_loss": losses.cosine_alignment_loss,
+    "canonical_correlations": losses.canonical_correlations,
+    "cca_loss": losses.cca_loss,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FLOAT32_LOSSES))
+def test_float64_and_bfloat16_views_are_computed_in_float32(name):
+  """Under jax_enable_x64, float64 views give the float32 result of the same values bit for bit;
+  bfloat16 views give the result of their float32 values."""
+  fn = _FLOAT32_LOSSES[name]
+  first, second = (jnp.float32(view) for view in _correlated_views(np.random.default_rng(9), n=16, widths=(4, 4)))
+  want = fn(first, second)
+  with jax.enable_x64(True):
+    for cast in ((jnp.float64, jnp.float64), (jnp.float64, jnp.float32), (jnp.float32, jnp.float64)):
+      got = fn(*(jnp.asarray(view, dtype) for view, dtype in zip((first, second), cast)))
+      assert got.dtype == jnp.float32, cast
+      np.testing.assert_array_equal(got, want, err_msg=str(cast))
+  rounded = [view.astype(jnp.bfloat16) for view in (first, second)]
+  np.testing.assert_array_equal(fn(*rounded), fn(*(view.astype(jnp.float32) for view in rounded)))
+
+
 class AgainstReferenceTest(chex.TestCase):
   """Values and gradients against the float64 references, traced and untraced alike."""
 

@@ -165,6 +165,31 @@ def test_pairwise_squared_distances_against_numpy():
   assert float(pairwise_squared_distances(x[:, :1], x[:, :1]).min()) >= 0
 
 
+def test_pairwise_squared_distances_computes_in_the_promoted_float_at_least_float32():
+  rng = np.random.default_rng(6)
+  x, y = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))
+  low = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+  for x_dtype, y_dtype in [("bfloat16", "bfloat16"), ("bfloat16", "float32"), ("float32", "bfloat16")]:
+    x_low, y_low = jnp.asarray(x, low[x_dtype]), jnp.asarray(y, low[y_dtype])
+    got = pairwise_squared_distances(x_low, y_low)
+    assert got.dtype == jnp.float32, (x_dtype, y_dtype)
+    # Every product in float32, not bfloat16: bit for bit the result of the float32 values.
+    np.testing.assert_array_equal(got, pairwise_squared_distances(x_low.astype(jnp.float32), y_low.astype(jnp.float32)))
+  want = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
+  with jax.enable_x64(True):
+    assert pairwise_squared_distances(jnp.float32(x), jnp.float32(y)).dtype == jnp.float32
+    for x_dtype, y_dtype in [(jnp.float64, jnp.float64), (jnp.float64, jnp.float32), (jnp.float32, jnp.float64)]:
+      got = pairwise_squared_distances(jnp.asarray(x, x_dtype), jnp.asarray(y, y_dtype))
+      assert got.dtype == jnp.float64, (x_dtype, y_dtype)
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_gamma_defaults_to_one():
+  cost = _costs(np.random.default_rng(7), 2, 3, 4)
+  np.testing.assert_allclose(soft_dtw_cost(jnp.float32(cost)), [reference_soft_dtw(c, 1.0) for c in cost], rtol=1e-5)
+  np.testing.assert_allclose(soft_dtw_alignment(jnp.float32(cost)), [reference_alignment(c, 1.0) for c in cost], atol=2e-5)
+
+
 _z, _i = jnp.zeros, lambda shape: jnp.zeros(shape, jnp.int32)
 
 
@@ -180,6 +205,11 @@ _z, _i = jnp.zeros, lambda shape: jnp.zeros(shape, jnp.int32)
         (lambda: soft_dtw_cost(_z((2, 3, 4)), gamma=0.0), "soft_dtw_cost: gamma must be positive, got 0.0."),
         (lambda: soft_dtw_alignment(_z((2, 3, 4)), gamma=-1.0), "soft_dtw_alignment: gamma must be positive, got -1.0."),
         (lambda: soft_dtw_alignment(_z((3, 4))), "soft_dtw_alignment: cost: expected shape (B, ?, ?), got (3, 4)."),
+        (lambda: soft_dtw_alignment(_i((2, 3, 4))), "soft_dtw_alignment: cost: expected a float array, got int32."),
+        (lambda: soft_dtw_alignment(_z((2, 3, 4)), x_lengths=_i(3)), "soft_dtw_alignment: x_lengths: expected shape (B,) with B=2, got (3,)."),
+        (lambda: soft_dtw_alignment(_z((2, 3, 4)), x_lengths=_z(2)), "soft_dtw_alignment: x_lengths: expected an int array, got float32."),
+        (lambda: soft_dtw_alignment(_z((2, 3, 4)), y_lengths=_i(3)), "soft_dtw_alignment: y_lengths: expected shape (B,) with B=2, got (3,)."),
+        (lambda: soft_dtw_alignment(_z((2, 3, 4)), y_lengths=_z(2)), "soft_dtw_alignment: y_lengths: expected an int array, got float32."),
         (lambda: pairwise_squared_distances(_z((3, 4)), _z((2, 3, 4))), "pairwise_squared_distances: x: expected shape (B, ?, D), got (3, 4)."),
         (lambda: pairwise_squared_distances(_z((2, 3, 4)), _z((2, 3, 5))), "pairwise_squared_distances: y: expected shape (B, ?, D) with B=2, D=4, got (2, 3, 5)."),
         (lambda: pairwise_squared_distances(_i((2, 3, 4)), _z((2, 3, 4))), "pairwise_squared_distances: x: expected a float array, got int32."),
