@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mmjax.models import encoder_configs, fusion_configs
 from mmjax.schema import Field
@@ -130,7 +131,7 @@ class ReferenceClassifiers:
     if self._is_label(modality):
       return jnp.asarray(values, jnp.int32)
     model, variables, _ = self._load(modality)
-    present = {modality: jnp.ones(values.shape[:1], jnp.bool_)}
+    present = {modality: np.ones(values.shape[:1], bool)}
     return model.predict(variables, {modality: values, "present": present})
 
 

@@ -95,7 +95,7 @@ class FusionClassifier:
         input_shapes={m: tuple(spec.modalities[m].shape) for m in self.modalities},
     )
     self.objectives = (Objective("classification", self.loss),)
-    self._logits = jax.jit(self._eval_logits, compiler_options=compiler_options.repeated())
+    self._predict = jax.jit(self._predicted_classes, compiler_options=compiler_options.repeated())
     self._evaluate_batch = jax.jit(self._evaluation_outputs, compiler_options=compiler_options.repeated())
 
   def _inputs(self, batch: Batch) -> tuple[dict, dict]:
@@ -134,9 +134,12 @@ class FusionClassifier:
     return {"correct": jnp.argmax(logits, -1) == batch["label"], "valid": any_present(batch["present"], self.modalities),
             "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])}
 
+  def _predicted_classes(self, variables: Variables, batch: Batch) -> jax.Array:
+    return jnp.argmax(self._eval_logits(variables, batch, jnp.zeros(len(self.modalities), jnp.bool_)), -1)
+
   def predict(self, variables: Variables, batch: Batch) -> jax.Array:
     """``int32[B]`` predicted classes (jit-compiled)."""
-    return jnp.argmax(self._logits(variables, batch, jnp.zeros(len(self.modalities), jnp.bool_)), -1)
+    return self._predict(variables, batch)
 
   def evaluate(self, variables: Variables, batches: Iterable[Batch]) -> dict[str, float]:
     """Accuracy, loss, and the accuracy with each modality masked out (``accuracy_without/<m>``)

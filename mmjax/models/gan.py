@@ -257,16 +257,16 @@ class ConditionalGAN:
     reals, real_classes = [], []
     judged = next((m for m in self.modalities if m not in self.labels), None)
     for batch in batches:
-      fetched = distributed.to_host({"x": batch[judged], "label": batch["label"], "valid": self._real(batch)[2]})
-      reals.append(fetched["x"][fetched["valid"]])
-      real_classes.append(fetched["label"][fetched["valid"]])
+      fetched = distributed.to_host({"x": batch[judged], "label": batch["label"], "present": batch["present"]})
+      valid = np.all([fetched["present"][m] for m in self.modalities], axis=0)
+      reals.append(fetched["x"][valid])
+      real_classes.append(fetched["label"][valid])
     per_class = self.config.eval_samples_per_class
-    classes = jnp.repeat(jnp.arange(self.num_classes), per_class)
+    classes = np.repeat(np.arange(self.num_classes, dtype=np.int32), per_class)
     generated = self._generate(variables, classes, jax.random.key(self.config.eval_seed))
     predictions = {
         m: np.asarray(generated[m] if m in self.labels else self.references.predict(m, generated[m])) for m in self.modalities
     }
-    classes = np.asarray(classes)
     metrics = {"gan/conditional_accuracy": gan_metrics.conditional_accuracy(predictions[judged], classes)}
     if len(self.modalities) == 2:
       metrics["gan/pair_consistency"] = gan_metrics.pair_consistency(*(predictions[m] for m in self.modalities))
