@@ -452,7 +452,10 @@ def r1_penalty(
   9.0
   """
   fn = "r1_penalty"
-  size = _check_inputs(fn, "real", real, mask)
+  return _checked_r1_penalty(fn, discriminator, real, gamma, mask, _check_inputs(fn, "real", real, mask))
+
+
+def _checked_r1_penalty(fn: str, discriminator: Discriminator, real, gamma: float, mask, size: int) -> jax.Array:
   squared = _row_squared_norms(_input_gradients(fn, discriminator, real, mask, size))
   return 0.5 * gamma * masked_mean(squared, mask)
 
@@ -502,9 +505,9 @@ def lazy_r1_penalty(
     raise ValueError(f"{fn}: every must be a positive int, got {every!r}.")
   checks.check_shape(f"{fn}: step", step, ())
   checks.check_dtype(f"{fn}: step", step, "int")
-  _check_inputs(fn, "real", real, mask)
+  size = _check_inputs(fn, "real", real, mask)
   return jax.lax.cond(
       step % every == 0,
-      lambda: every * r1_penalty(discriminator, real, gamma=gamma, mask=mask),
+      lambda: every * _checked_r1_penalty(fn, discriminator, real, gamma, mask, size),
       lambda: jnp.zeros((), jnp.float32),
   )

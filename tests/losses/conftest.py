@@ -1,16 +1,20 @@
 """Fixtures shared by the loss tests."""
 
-import re
+import contextlib
 
 import jax
 import numpy as np
 import pytest
 
 
+@contextlib.contextmanager
 def raises_exactly(message: str):
-  """`pytest.raises(ValueError)` matching the whole `message`, so that a name changed or decorated
-  anywhere in it (the function's, the argument's) fails the test."""
-  return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+  """`pytest.raises(ValueError)` whose message is exactly `message`, so that a name changed or
+  decorated anywhere in it (the function's, the argument's) fails the test. Notes that JAX adds to
+  errors raised under a transformation (PEP 678 ``__notes__``) are not part of the message."""
+  with pytest.raises(ValueError) as raised:
+    yield raised
+  assert str(raised.value) == message, f"message {str(raised.value)!r}, expected {message!r}"
 
 
 def assert_trees_close(got, want) -> None:

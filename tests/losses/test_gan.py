@@ -9,6 +9,7 @@ from absl.testing import parameterized
 from scipy.special import expit, log_expit
 
 from mmjax import losses
+from tests.losses.conftest import raises_exactly
 
 
 def _numerical_grad(fn, x, eps=1e-6):
@@ -297,6 +298,41 @@ def test_penalties_leave_out_masked_rows():
   assert float(losses.r1_penalty(critic, jnp.float32(real), mask=jnp.zeros(5, bool))) == 0.0
 
 
+def test_masked_rows_whose_gradients_overflow_reach_neither_penalty_nor_its_gradient():
+  """Masked rows take no part in the input gradients: a padding row of 1e30, whose squared gradient
+  norm overflows float32, leaves the penalties and their parameter gradients those of the kept rows."""
+  real, fake, key = _rows(13, 4), _rows(14, 4), jax.random.key(3)
+  keep = np.array([1, 0, 1, 1], bool)
+  garbage_real, garbage_fake = (jnp.float32(np.where(keep[:, None], x, 1e30)) for x in (real, fake))
+  mask = jnp.asarray(keep)
+  penalties = {
+      "gradient_penalty": lambda b, r, f: losses.gradient_penalty(quadratic_critic(b), key, r, f, mask=mask),
+      "r1_penalty": lambda b, r, f: losses.r1_penalty(quadratic_critic(b), r, mask=mask),
+      "lazy_r1_penalty": lambda b, r, f: losses.lazy_r1_penalty(quadratic_critic(b), r, 0, every=2, mask=mask),
+  }
+  for name, penalty in penalties.items():
+    value, grad = jax.value_and_grad(penalty)(jnp.float32(B_VEC), garbage_real, garbage_fake)
+    want_value, want_grad = jax.value_and_grad(penalty)(jnp.float32(B_VEC), jnp.float32(real), jnp.float32(fake))
+    np.testing.assert_allclose(value, want_value, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, err_msg=name)
+
+
+def test_gradient_penalty_draws_and_mixes_in_float32_and_hands_the_critic_the_inputs_dtype():
+  """The interpolation coefficients are float32 draws whether or not jax_enable_x64 is on (the same
+  penalty either way), and the critic sees interpolates in the dtype of the real batch."""
+  real, fake, key = _rows(15, 4), _rows(16, 4), jax.random.key(4)
+  critic = quadratic_critic(jnp.float32(B_VEC))
+  want = losses.gradient_penalty(critic, key, jnp.float32(real), jnp.float32(fake))
+  with jax.enable_x64(True):
+    got = losses.gradient_penalty(critic, key, jnp.float32(real), jnp.float32(fake))
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, want)
+  seen = []
+  recording = lambda x: seen.append(x.dtype) or critic(x.astype(jnp.float32))
+  losses.gradient_penalty(recording, key, jnp.asarray(real, jnp.bfloat16), jnp.asarray(fake, jnp.bfloat16))
+  assert seen == [jnp.bfloat16]
+
+
 def test_penalties_under_vmap_over_independent_problems():
   real, fake = jnp.float32(np.stack([_rows(8, 4), _rows(9, 4)])), jnp.float32(np.stack([_rows(10, 4), _rows(11, 4)]))
   keys = jax.random.split(jax.random.key(2), 2)
@@ -361,29 +397,75 @@ def test_lazy_r1_runs_the_discriminator_only_on_due_steps():
   assert len(calls) == 3  # steps 0, 3 and 6
 
 
+_z, _i = jnp.zeros, lambda shape: jnp.zeros(shape, jnp.int32)
+
+
+def _logit_cases(fn, name: str, mask_name: str, call) -> list:
+  """The four checks of one logits argument and its mask; ``call(logits, mask)`` passes them."""
+  return [
+      (lambda: call(_z((4, 1)), None), f"{fn}: {name}: expected shape (B,), got (4, 1)."),
+      (lambda: call(_i(4), None), f"{fn}: {name}: expected a float array, got int32."),
+      (lambda: call(_z(4), jnp.ones(3, bool)), f"{fn}: {mask_name}: expected shape (B,) with B=4, got (3,)."),
+      (lambda: call(_z(4), jnp.ones(4)), f"{fn}: {mask_name}: expected a bool array, got float32."),
+  ]
+
+
+def _loss_cases() -> list:
+  cases = []
+  for pair in losses.GAN_LOSSES.values():
+    generator, discriminator = pair.generator, pair.discriminator
+    cases += _logit_cases(generator.__name__, "fake_logits", "mask", lambda x, m, g=generator: g(x, mask=m))
+    cases += _logit_cases(
+        discriminator.__name__, "real_logits", "real_mask", lambda x, m, d=discriminator: d(x, _z(2), real_mask=m)
+    )
+    cases += _logit_cases(
+        discriminator.__name__, "fake_logits", "fake_mask", lambda x, m, d=discriminator: d(_z(2), x, fake_mask=m)
+    )
+  return cases
+
+
+def _first_column(x):
+  return x[:, 0]
+
+
+def _penalty_cases() -> list:
+  """The input checks of the three penalties, each called as ``call(discriminator, real, mask)``."""
+  key = jax.random.key(0)
+  penalties = {
+      "gradient_penalty": lambda d, real, mask: losses.gradient_penalty(d, key, real, jax.tree.map(jnp.zeros_like, real), mask=mask),
+      "r1_penalty": lambda d, real, mask: losses.r1_penalty(d, real, mask=mask),
+      "lazy_r1_penalty": lambda d, real, mask: losses.lazy_r1_penalty(d, real, 0, mask=mask),
+  }
+  cases = []
+  for fn, call in penalties.items():
+    cases += [
+        (lambda c=call: c(_first_column, {}, None), f"{fn}: real holds no array."),
+        (lambda c=call: c(_first_column, _z(()), None), f"{fn}: real: expected shape (B,), got ()."),
+        (lambda c=call: c(_first_column, _i((4, 3)), None), f"{fn}: real: expected a float array, got int32."),
+        (lambda c=call: c(lambda x: x["a"][:, 0], {"a": _z((4, 3)), "b": _z((5, 3))}, None), f"{fn}: real['b']: expected shape (B, ?) with B=4, got (5, 3)."),
+        (lambda c=call: c(_first_column, _z((4, 3)), jnp.ones(5, bool)), f"{fn}: mask: expected shape (B,) with B=4, got (5,)."),
+        (lambda c=call: c(_first_column, _z((4, 3)), jnp.ones(4)), f"{fn}: mask: expected a bool array, got float32."),
+        (lambda c=call: c(lambda x: x, _z((4, 3)), None), f"{fn}: discriminator output: expected shape (4,), got (4, 3)."),
+        (lambda c=call: c(lambda x: jnp.concatenate([x[:, 0], x[:, 1]]), _z((4, 3)), None), f"{fn}: discriminator output: expected shape (4,), got (8,)."),
+    ]
+  return cases
+
+
 @pytest.mark.parametrize(
     "call,message",
-    [
-        (lambda: losses.hinge_discriminator_loss(jnp.zeros((4, 1)), jnp.zeros(4)), r"hinge_discriminator_loss: real_logits: expected shape \(B,\), got \(4, 1\)"),
-        (lambda: losses.minimax_discriminator_loss(jnp.zeros(4), jnp.zeros(3), fake_mask=jnp.ones(4, bool)), r"fake_mask: expected shape \(B,\) with B=3, got \(4,\)"),
-        (lambda: losses.minimax_generator_loss(jnp.zeros(4), mask=jnp.ones(4)), r"minimax_generator_loss: mask: expected a bool array"),
-        (lambda: losses.wasserstein_generator_loss(jnp.zeros(4, jnp.int32)), r"^wasserstein_generator_loss: fake_logits: expected a float array"),
-        (lambda: losses.wasserstein_generator_loss(jnp.zeros(4), mask=jnp.ones(3, bool)), r"^wasserstein_generator_loss: mask: expected shape \(B,\) with B=4, got \(3,\)"),
-        (lambda: losses.wasserstein_discriminator_loss(jnp.zeros(4), jnp.zeros(2), real_mask=jnp.ones(2, bool)), r"^wasserstein_discriminator_loss: real_mask: expected shape \(B,\) with B=4, got \(2,\)"),
-        (lambda: losses.wasserstein_discriminator_loss(jnp.zeros(4), jnp.zeros(2), fake_mask=jnp.ones(4, bool)), r"^wasserstein_discriminator_loss: fake_mask: expected shape \(B,\) with B=2, got \(4,\)"),
-        (lambda: losses.gan_loss("wgan"), r"Unknown GAN loss 'wgan'; valid choices: \['hinge'"),
-        (lambda: losses.gradient_penalty(lambda x: x[:, 0], jax.random.key(0), jnp.zeros((4, 3)), jnp.zeros((4, 2))), r"gradient_penalty: fake: expected shape \(B, 3\) with B=4, got \(4, 2\)"),
-        (lambda: losses.gradient_penalty(lambda x: x["a"][:, 0], jax.random.key(0), {"a": jnp.zeros((4, 3))}, jnp.zeros((4, 3))), r"fake must have the structure of the real batch"),
-        (lambda: losses.r1_penalty(lambda x: x, jnp.zeros((4, 3))), r"r1_penalty: discriminator output: expected shape \(4,\), got \(4, 3\)"),
-        (lambda: losses.r1_penalty(lambda x: x["text"][:, 0], {"text": jnp.zeros((4, 3), jnp.int32)}), r"r1_penalty: real\['text'\]: expected a float array"),
-        (lambda: losses.r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), mask=jnp.ones(5, bool)), r"r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
-        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, every=0), r"every must be a positive int, got 0"),
-        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.float32(0.0)), r"lazy_r1_penalty: step: expected an int array"),
-        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), jnp.zeros(2, jnp.int32)), r"lazy_r1_penalty: step: expected shape \(\), got \(2,\)"),
-        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3), jnp.int32), 0), r"^lazy_r1_penalty: real: expected a float array"),
-        (lambda: losses.lazy_r1_penalty(lambda x: x[:, 0], jnp.zeros((4, 3)), 0, mask=jnp.ones(5, bool)), r"lazy_r1_penalty: mask: expected shape \(B,\) with B=4, got \(5,\)"),
+    _loss_cases()
+    + _penalty_cases()
+    + [
+        (lambda: losses.gan_loss("wgan"), "Unknown GAN loss 'wgan'; valid choices: ['hinge', 'least_squares', 'minimax', 'non_saturating', 'wasserstein']."),
+        (lambda: losses.gradient_penalty(_first_column, jax.random.key(0), _z((4, 3)), _z((4, 2))), "gradient_penalty: fake: expected shape (B, 3) with B=4, got (4, 2)."),
+        (lambda: losses.gradient_penalty(_first_column, jax.random.key(0), _z((4, 3)), _z((5, 3))), "gradient_penalty: fake: expected shape (B, 3) with B=4, got (5, 3)."),
+        (lambda: losses.gradient_penalty(_first_column, jax.random.key(0), _z((4, 3)), _i((4, 3))), "gradient_penalty: fake: expected a float array, got int32."),
+        (lambda: losses.gradient_penalty(lambda x: x["a"][:, 0], jax.random.key(0), {"a": _z((4, 3))}, _z((4, 3))), "gradient_penalty: fake must have the structure of the real batch, PyTreeDef({'a': *}); got PyTreeDef(*)."),
+        (lambda: losses.lazy_r1_penalty(_first_column, _z((4, 3)), 0, every=0), "lazy_r1_penalty: every must be a positive int, got 0."),
+        (lambda: losses.lazy_r1_penalty(_first_column, _z((4, 3)), jnp.float32(0.0)), "lazy_r1_penalty: step: expected an int array, got float32."),
+        (lambda: losses.lazy_r1_penalty(_first_column, _z((4, 3)), _i(2)), "lazy_r1_penalty: step: expected shape (), got (2,)."),
     ],
 )
-def test_bad_inputs_raise_clear_errors(call, message):
-  with pytest.raises(ValueError, match=message):
+def test_bad_inputs_raise_the_whole_message(call, message):
+  with raises_exactly(message):
     call()
