@@ -244,6 +244,7 @@ def _parameter_cases() -> list:
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((3, 4), bool)), "mixture_log_prob: present: expected shape (M, B) with M=2, B=4, got (3, 4)."),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((5, 3))), "mixture_log_prob: z: expected shape (4, 3), got (5, 3)."),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), "mixture_log_prob: components.log_variance: expected shape (M, B, D) with M=2, B=4, D=3, got (2, 5, 3)."),
+        (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((2, 4))), "mixture_log_prob: present: expected a bool array, got float32."),
     ],
 )
 def test_bad_inputs_raise_the_whole_message(call, message):

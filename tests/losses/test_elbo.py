@@ -442,6 +442,31 @@ def test_elbo_is_float32_even_from_64_bit_inputs():
   np.testing.assert_allclose(bounds, np.mean(log_likelihood - 0.5 * kl, axis=0), rtol=1e-6)
 
 
+def test_bounds_and_dreg_surrogates_are_float32_from_64_bit_log_weights_and_keep_z_s_dtype():
+  """Under jax_enable_x64, float64 log-weights give the float32 bounds of the same values bit for
+  bit; a bfloat16 ``z`` gets a bfloat16 gradient through the DReG surrogates."""
+  log_weights = np.float32(np.random.default_rng(5).normal(size=(2, 3, 4)))
+  z = np.float32(np.random.default_rng(6).normal(size=(2, 3, 4, 2)))
+  surrogates = {
+      "iwae": lambda fn, z: losses.dreg_iwae_surrogate(fn, z[0]),
+      "mmvae": lambda fn, z: losses.dreg_mmvae_looser_surrogate(fn, z),
+  }
+  weights_of = lambda z: jnp.sum(z * z, -1)
+  want = {name: surrogate(weights_of, jnp.asarray(z)) for name, surrogate in surrogates.items()}
+  want_bound = losses.mmvae_looser_bound(jnp.asarray(log_weights))
+  with jax.enable_x64(True):
+    got_bound = losses.mmvae_looser_bound(jnp.asarray(log_weights, jnp.float64))
+    got = {name: surrogate(lambda z: weights_of(z).astype(jnp.float64), jnp.asarray(z)) for name, surrogate in surrogates.items()}
+  assert got_bound.dtype == jnp.float32
+  np.testing.assert_array_equal(got_bound, want_bound)
+  for name in surrogates:
+    assert got[name].dtype == jnp.float32, name
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  for name, surrogate in surrogates.items():
+    grad = jax.grad(lambda z: jnp.sum(surrogate(lambda z: weights_of(z.astype(jnp.float32)), z)))(jnp.asarray(z, jnp.bfloat16))
+    assert grad.dtype == jnp.bfloat16, name
+
+
 def test_kl_warmup_is_float32_even_from_64_bit_inputs():
   with jax.enable_x64(True):
     weight = losses.kl_warmup(jnp.int64(2), jnp.int64(8), beta=jnp.float64(0.5))
@@ -479,6 +504,14 @@ def test_kl_warmup_is_float32_even_from_64_bit_inputs():
         (lambda: losses.iwae_log_likelihood(lambda k: jnp.zeros((4, 2)), jax.random.key(0), num_samples=8, chunk_size=0), "iwae_log_likelihood: chunk_size: expected a positive Python int, got 0."),
         (lambda: losses.iwae_log_likelihood(lambda k: jnp.zeros((4, 2)), jax.random.key(0), num_samples=8, chunk_size=4.0), "iwae_log_likelihood: chunk_size: expected a positive Python int, got 4.0."),
         (lambda: losses.iwae_log_likelihood(lambda k: jnp.zeros((4, 2), jnp.int32), jax.random.key(0), num_samples=8, chunk_size=4), "iwae_log_likelihood: log_weights_fn(key): expected a float array, got int32."),
+        (lambda: losses.dreg_iwae_surrogate(lambda z: z[..., 0], jnp.zeros((4, 3, 2), jnp.int32)), "dreg_iwae_surrogate: z: expected a float array, got int32."),
+        (lambda: losses.dreg_iwae_surrogate(lambda z: jnp.zeros((4, 3), jnp.int32), jnp.zeros((4, 3, 2))), "dreg_iwae_surrogate: log_weights_fn(z): expected a float array, got int32."),
+        (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: z[..., 0], jnp.zeros((2, 4, 3, 2), jnp.int32)), "dreg_mmvae_looser_surrogate: z: expected a float array, got int32."),
+        (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: jnp.zeros((2, 4, 3), jnp.int32), jnp.zeros((2, 4, 3, 2))), "dreg_mmvae_looser_surrogate: log_weights_fn(z): expected a float array, got int32."),
+        (lambda: losses.dreg_mmvae_looser_surrogate(lambda z: z[..., 0], jnp.zeros((2, 4, 3, 2)), jnp.ones((2, 3))), "dreg_mmvae_looser_surrogate: present: expected a bool array, got float32."),
+        (lambda: losses.mmvae_looser_bound(jnp.zeros((2, 3))), "mmvae_looser_bound: log_weights: expected shape (M, K, B), got (2, 3)."),
+        (lambda: losses.mmvae_looser_bound(jnp.zeros((2, 4, 3), jnp.int32)), "mmvae_looser_bound: log_weights: expected a float array, got int32."),
+        (lambda: losses.mmvae_looser_bound(jnp.zeros((2, 4, 3)), jnp.ones((2, 3))), "mmvae_looser_bound: present: expected a bool array, got float32."),
     ],
 )
 def test_bad_inputs_raise_the_whole_message(call, message):
