@@ -192,6 +192,21 @@ def test_cca_mask_equals_the_loss_on_kept_rows():
     assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~keep] == 0)
 
 
+def test_cca_loss_from_two_kept_rows_and_with_its_own_epsilon():
+  """Two kept rows are enough for a correlation (the loss is minus their sum, not 0), and the
+  `epsilon` passed to `cca_loss` is the floor its correlations use."""
+  rng = np.random.default_rng(10)
+  first, second = (jnp.float32(view) for view in _correlated_views(rng, n=6))
+  two = jnp.arange(6) < 2
+  correlations = losses.canonical_correlations(first, second, mask=two)
+  loss = losses.cca_loss(first, second, mask=two)
+  assert float(loss) < 0
+  np.testing.assert_allclose(loss, -jnp.sum(correlations), rtol=1e-6)
+  floored = losses.canonical_correlations(first, second, epsilon=0.81, mask=two)
+  np.testing.assert_allclose(losses.cca_loss(first, second, epsilon=0.81, mask=two), -jnp.sum(floored), rtol=1e-6)
+  assert float(jnp.min(floored)) == np.float32(0.9)
+
+
 @pytest.mark.parametrize("case", ["constant batch", "one row", "all masked", "fewer rows than dimensions"])
 def test_cca_is_finite_on_degenerate_batches(case):
   rng = np.random.default_rng(7)

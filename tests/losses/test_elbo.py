@@ -453,12 +453,14 @@ def test_bounds_and_dreg_surrogates_are_float32_from_64_bit_log_weights_and_keep
   }
   weights_of = lambda z: jnp.sum(z * z, -1)
   want = {name: surrogate(weights_of, jnp.asarray(z)) for name, surrogate in surrogates.items()}
-  want_bound = losses.mmvae_looser_bound(jnp.asarray(log_weights))
+  bounds = {"mmvae_looser_bound": losses.mmvae_looser_bound, "iwae_bound": lambda w: losses.iwae_bound(w[0])}
+  want_bound = {name: bound(jnp.asarray(log_weights)) for name, bound in bounds.items()}
   with jax.enable_x64(True):
-    got_bound = losses.mmvae_looser_bound(jnp.asarray(log_weights, jnp.float64))
+    got_bound = {name: bound(jnp.asarray(log_weights, jnp.float64)) for name, bound in bounds.items()}
     got = {name: surrogate(lambda z: weights_of(z).astype(jnp.float64), jnp.asarray(z)) for name, surrogate in surrogates.items()}
-  assert got_bound.dtype == jnp.float32
-  np.testing.assert_array_equal(got_bound, want_bound)
+  for name in bounds:
+    assert got_bound[name].dtype == jnp.float32, name
+    np.testing.assert_array_equal(got_bound[name], want_bound[name], err_msg=name)
   for name in surrogates:
     assert got[name].dtype == jnp.float32, name
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
