@@ -118,22 +118,31 @@ def test_stop_gradient_keeps_values_and_cuts_parameter_gradients(cls):
   assert np.all(np.asarray(grads[1]) != 0)
 
 
-def test_laplace_samples_are_loc_plus_scale_times_the_keys_standard_laplace_draws():
-  loc, log_scale = np.array([[0.5, -1.0, 2.0]], np.float32), np.array([[0.0, 1.0, -2.0]], np.float32)
-  key = jax.random.key(3)
-  noise = np.asarray(jax.random.laplace(key, (4, 1, 3), jnp.float32), np.float64)
-  want = loc + np.exp(log_scale.astype(np.float64)) * noise
-  np.testing.assert_allclose(DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).sample(key, 4), want, rtol=1e-6)
-  with jax.enable_x64(True):
-    samples = DiagonalLaplace(jnp.asarray(loc, jnp.float64), jnp.asarray(log_scale, jnp.float64)).sample(key, 4)
-    assert samples.dtype == jnp.float32
-  np.testing.assert_allclose(samples, want, rtol=1e-6)
+# Per family: the posterior, its standard draws, its scale from the second parameter, SciPy's density.
+_REPARAMETERISATIONS = {
+    "gaussian": (DiagonalGaussian, jax.random.normal, lambda p: np.exp(0.5 * p), stats.norm.logpdf),
+    "laplace": (DiagonalLaplace, jax.random.laplace, np.exp, stats.laplace.logpdf),
+}
 
-  # Densities too: float32 from 64-bit points, equal to scipy's.
+
+@pytest.mark.parametrize("family", sorted(_REPARAMETERISATIONS))
+def test_samples_are_location_plus_scale_times_the_keys_standard_draws(family):
+  """``sample`` is ``location + scale·ε`` of the key's own float32 draws ε (not ``−scale·ε``, which
+  has the same distribution), float32 under jax_enable_x64 too; densities are float32 from 64-bit
+  points, equal to SciPy's."""
+  cls, draw, scale_of, logpdf = _REPARAMETERISATIONS[family]
+  location, parameter = np.array([[0.5, -1.0, 2.0]], np.float32), np.array([[0.0, 1.0, -2.0]], np.float32)
+  key = jax.random.key(3)
+  noise = np.asarray(draw(key, (4, 1, 3), jnp.float32), np.float64)
+  want = location + scale_of(parameter.astype(np.float64)) * noise
+  np.testing.assert_allclose(cls(jnp.asarray(location), jnp.asarray(parameter)).sample(key, 4), want, rtol=1e-6)
   with jax.enable_x64(True):
-    log_prob = DiagonalLaplace(jnp.asarray(loc), jnp.asarray(log_scale)).log_prob(jnp.asarray(want[0]))
+    samples = cls(jnp.asarray(location, jnp.float64), jnp.asarray(parameter, jnp.float64)).sample(key, 4)
+    assert samples.dtype == jnp.float32
+    log_prob = cls(jnp.asarray(location), jnp.asarray(parameter)).log_prob(jnp.asarray(want[0]))
     assert log_prob.dtype == jnp.float32
-  np.testing.assert_allclose(log_prob, stats.laplace.logpdf(want[0], loc, np.exp(log_scale)).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(samples, want, rtol=1e-6)
+  np.testing.assert_allclose(log_prob, logpdf(want[0], location, scale_of(parameter.astype(np.float64))).sum(-1), rtol=1e-5)
 
 
 def test_accessors():
@@ -245,6 +254,7 @@ def _parameter_cases() -> list:
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((5, 3))), "mixture_log_prob: z: expected shape (4, 3), got (5, 3)."),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), "mixture_log_prob: components.log_variance: expected shape (M, B, D) with M=2, B=4, D=3, got (2, 5, 3)."),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((2, 4))), "mixture_log_prob: present: expected a bool array, got float32."),
+        (lambda: DiagonalGaussian(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), "DiagonalGaussian.sample: num_samples: expected a positive Python int (a static shape), got 0."),
     ],
 )
 def test_bad_inputs_raise_the_whole_message(call, message):

@@ -184,6 +184,26 @@ def test_pairwise_squared_distances_computes_in_the_promoted_float_at_least_floa
       np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_cost_and_alignment_are_computed_in_at_least_float32():
+  """bfloat16 costs give the float32 results of their values bit for bit; under jax_enable_x64,
+  float32 costs stay float32 and float64 costs float64."""
+  cost = _costs(np.random.default_rng(8), 2, 3, 4)
+  rounded = jnp.asarray(cost, jnp.bfloat16)
+  for fn in (soft_dtw_cost, soft_dtw_alignment):
+    got = fn(rounded, gamma=0.5)
+    assert got.dtype == jnp.float32, fn.__name__
+    np.testing.assert_array_equal(got, fn(rounded.astype(jnp.float32), gamma=0.5))
+  with jax.enable_x64(True):
+    for fn in (soft_dtw_cost, soft_dtw_alignment):
+      single = fn(jnp.float32(cost), gamma=0.5)
+      assert single.dtype == jnp.float32, fn.__name__
+      np.testing.assert_array_equal(single, fn(jnp.float32(cost), gamma=0.5))
+    np.testing.assert_allclose(soft_dtw_cost(jnp.asarray(cost), gamma=0.5), [reference_soft_dtw(c, 0.5) for c in cost], rtol=1e-12)
+    alignment = soft_dtw_alignment(jnp.asarray(cost), gamma=0.5)
+    assert alignment.dtype == jnp.float64
+    np.testing.assert_allclose(alignment, [reference_alignment(c, 0.5) for c in cost], atol=1e-12)
+
+
 def test_gamma_defaults_to_one():
   cost = _costs(np.random.default_rng(7), 2, 3, 4)
   np.testing.assert_allclose(soft_dtw_cost(jnp.float32(cost)), [reference_soft_dtw(c, 1.0) for c in cost], rtol=1e-5)
