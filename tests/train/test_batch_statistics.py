@@ -67,6 +67,6 @@ def test_evaluation_uses_the_running_statistics(data_dir, tmp_path):
   run, trainer, state = experiment.restore(str(tmp_path))
   batch = next(run.data.eval_batches(64))
   half = jax.tree.map(lambda x: x[:32], batch)
-  logits = lambda b: np.asarray(run.model._logits(state.variables, b, np.zeros(1, bool)))  # noqa: E731
+  logits = lambda b: np.asarray(run.model._eval_logits(state.variables, b, np.zeros(1, bool)))  # noqa: E731
   np.testing.assert_allclose(logits(half), logits(batch)[:32], rtol=1e-5, atol=1e-5)
   assert run.model.predict(state.variables, batch).shape == (64,)
