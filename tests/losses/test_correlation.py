@@ -147,6 +147,26 @@ def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_m
   )
 
 
+@pytest.mark.parametrize("mask", [None, np.array([True, True, False, True, True, False, True])])
+def test_a_view_counts_as_constant_below_a_mean_variance_of_1e_20_over_n_minus_1(mask):
+  """The documented threshold: the mean variance ``tr(C₁₁)/D₁`` divides by ``n − 1`` kept rows."""
+  rng = np.random.default_rng(11)
+  keep = np.ones(7, bool) if mask is None else mask
+  first, second = _correlated_views(rng, n=7, widths=(2, 3))
+  centred = np.where(keep[:, None], first - first[keep].mean(axis=0), 0.0)
+  mean_variance = np.sum(centred**2) / ((keep.sum() - 1) * first.shape[1])
+
+  def correlations(variance):
+    view = first * np.sqrt(variance / mean_variance)
+    return losses.canonical_correlations(jnp.float32(view), jnp.float32(second), mask=None if mask is None else jnp.asarray(mask))
+
+  # Just above: scaled to unit mean variance, so the correlations are those of the unscaled views.
+  np.testing.assert_allclose(correlations(1.2e-20), correlations(1.0), rtol=1e-4)
+  assert np.all(np.asarray(correlations(1.0)) > 0.1)
+  # Just below: left as it is, so the ridge swamps it and only the floor √epsilon is left.
+  np.testing.assert_allclose(correlations(0.9e-20), np.full(2, np.sqrt(losses.correlation.DEFAULT_CCA_EPSILON)), rtol=1e-5)
+
+
 def test_cca_under_vmap_over_independent_problems():
   rng = np.random.default_rng(8)
   views = [_correlated_views(rng, n=30) for _ in range(3)]
