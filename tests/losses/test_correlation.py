@@ -147,7 +147,9 @@ def test_cca_loss_sums_the_top_k_correlations_and_ignores_scale_and_invertible_m
   )
 
 
-@pytest.mark.parametrize("mask", [None, np.array([True, True, False, True, True, False, True])])
+@pytest.mark.parametrize(
+    "mask", [None, np.array([True, True, False, True, True, False, True]), np.array([False, True, False, False, True, False, False])]
+)
 def test_a_view_counts_as_constant_below_a_mean_variance_of_1e_20_over_n_minus_1(mask):
   """The documented threshold: the mean variance ``tr(C₁₁)/D₁`` divides by ``n − 1`` kept rows."""
   rng = np.random.default_rng(11)
@@ -160,11 +162,22 @@ def test_a_view_counts_as_constant_below_a_mean_variance_of_1e_20_over_n_minus_1
     view = first * np.sqrt(variance / mean_variance)
     return losses.canonical_correlations(jnp.float32(view), jnp.float32(second), mask=None if mask is None else jnp.asarray(mask))
 
-  # Just above: scaled to unit mean variance, so the correlations are those of the unscaled views.
-  np.testing.assert_allclose(correlations(1.2e-20), correlations(1.0), rtol=1e-4)
-  assert np.all(np.asarray(correlations(1.0)) > 0.1)
+  # Just above: scaled to unit mean variance, so the correlations are those of the unscaled views
+  # (atol: with two kept rows the second is at the floor √epsilon, up to rounding).
+  np.testing.assert_allclose(correlations(1.2e-20), correlations(1.0), rtol=1e-4, atol=1e-5)
+  assert correlations(1.0)[0] > 0.1
   # Just below: left as it is, so the ridge swamps it and only the floor √epsilon is left.
   np.testing.assert_allclose(correlations(0.9e-20), np.full(2, np.sqrt(losses.correlation.DEFAULT_CCA_EPSILON)), rtol=1e-5)
+
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_fewer_than_two_kept_rows_carry_no_correlation(kept):
+  first, second = _correlated_views(np.random.default_rng(12), n=5, widths=(2, 3))
+  mask = jnp.arange(5) < kept
+  got = losses.canonical_correlations(jnp.float32(first), jnp.float32(second), mask=mask)
+  np.testing.assert_array_equal(got, np.full(2, np.sqrt(losses.correlation.DEFAULT_CCA_EPSILON), np.float32))
+  assert losses.cca_loss(jnp.float32(first), jnp.float32(second), mask=mask) == 0.0
 
 
 def test_cca_under_vmap_over_independent_problems():
