@@ -92,8 +92,9 @@ def soft_dtw_cost(
       `pairwise_squared_distances`); computed in at least float32.
     gamma: smoothing (> 0; may be a traced scalar); ``γ → 0`` gives DTW.
     x_lengths: ``int[B]`` real lengths of the first sequences (rows), padding at the end; None: all
-      ``N``. Lengths below 1 count as 1.
-    y_lengths: ``int[B]`` real lengths of the second sequences (columns); None: all ``M``.
+      ``N``. Lengths below 1 count as 1, lengths above ``N`` as ``N``.
+    y_lengths: ``int[B]`` real lengths of the second sequences (columns); None: all ``M``. Clipped
+      to ``[1, M]`` alike.
 
   Returns:
     ``[B]`` soft-DTW values (mean them for a loss). Entries of `cost` outside each pair's lengths

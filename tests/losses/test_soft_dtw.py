@@ -149,6 +149,21 @@ def test_padded_equals_unpadded_whatever_the_padding_holds():
   assert np.all((np.asarray(alignment) >= -1e-6) & (np.asarray(alignment) <= 1 + 1e-6))
 
 
+def test_lengths_below_one_count_as_one_and_above_the_padded_size_as_that_size():
+  cost = jnp.asarray(_costs(np.random.default_rng(13), 2, 4, 5), jnp.float32)
+  for fn in (soft_dtw_cost, soft_dtw_alignment):
+    clipped = fn(cost, gamma=0.5, x_lengths=jnp.array([1, 4], jnp.int32), y_lengths=jnp.array([5, 1], jnp.int32))
+    out_of_range = fn(cost, gamma=0.5, x_lengths=jnp.array([0, 9], jnp.int32), y_lengths=jnp.array([6, -3], jnp.int32))
+    np.testing.assert_array_equal(out_of_range, clipped, err_msg=fn.__name__)
+
+
+def test_narrow_integer_lengths_index_without_overflow():
+  """int8 lengths of 100 + 100 cells: the last cell's diagonal, 198, does not fit in int8."""
+  cost = jnp.asarray(_costs(np.random.default_rng(14), 1, 100, 100), jnp.float32)
+  narrow = soft_dtw_cost(cost, gamma=0.5, x_lengths=jnp.array([100], jnp.int8), y_lengths=jnp.array([100], jnp.int8))
+  np.testing.assert_array_equal(narrow, soft_dtw_cost(cost, gamma=0.5))
+
+
 def test_vmap_over_a_leading_axis_matches_a_loop():
   cost = _costs(np.random.default_rng(4), 6, 4, 5).astype(np.float32).reshape(2, 3, 4, 5)
   lengths = jnp.array([[4, 2, 3], [1, 4, 4]], jnp.int32)
