@@ -122,10 +122,11 @@ def test_small_gamma_approaches_dtw_within_the_bound():
   np.testing.assert_allclose(alignment, np.stack([dtw_path(c) for c in cost]), atol=1e-3)
 
 
-def test_padded_equals_unpadded_whatever_the_padding_holds():
+@pytest.mark.parametrize("padding", [1e30, np.inf, np.nan])
+def test_padded_equals_unpadded_whatever_the_padding_holds(padding):
   rng = np.random.default_rng(3)
   lengths = [(3, 5), (6, 2), (1, 7), (6, 7)]
-  padded = np.full((4, 6, 7), 1e30, np.float32)
+  padded = np.full((4, 6, 7), padding, np.float32)
   unpadded = []
   for b, (n, m) in enumerate(lengths):
     cost = _costs(rng, 1, n, m)[0].astype(np.float32)
