@@ -12,6 +12,7 @@ from absl.testing import parameterized
 from scipy.special import logsumexp
 
 from mmjax.losses import pairwise_squared_distances, soft_dtw_alignment, soft_dtw_cost
+from tests import jaxprs
 from tests.losses.conftest import raises_exactly
 
 
@@ -163,6 +164,13 @@ def test_narrow_integer_lengths_index_without_overflow():
   cost = jnp.asarray(_costs(np.random.default_rng(14), 1, 100, 100), jnp.float32)
   narrow = soft_dtw_cost(cost, gamma=0.5, x_lengths=jnp.array([100], jnp.int8), y_lengths=jnp.array([100], jnp.int8))
   np.testing.assert_array_equal(narrow, soft_dtw_cost(cost, gamma=0.5))
+
+
+def test_the_recursion_scans_each_of_the_n_plus_m_minus_1_anti_diagonals_once():
+  cost = jnp.zeros((2, 4, 7), jnp.float32)
+  for fn in (soft_dtw_cost, soft_dtw_alignment):
+    scans = [e for e in jaxprs.equations(jax.make_jaxpr(fn)(cost).jaxpr) if e.primitive.name == "scan"]
+    assert scans and {e.params["length"] for e in scans} == {4 + 7 - 1}, fn.__name__
 
 
 def test_vmap_over_a_leading_axis_matches_a_loop():
