@@ -77,7 +77,7 @@ def canonical_correlations(
 
   * the ridge makes both covariances positive definite, even with fewer rows than dimensions or
     constant features; each view is scaled to unit mean variance before any product (a view
-    whose mean variance is below 1e-20 counts as constant and is left unscaled);
+    whose mean variance is at most 1e-20 counts as constant and is left unscaled);
   * whitening uses Cholesky factors (``T' = L₁⁻¹ C₁₂ L₂⁻ᵀ`` has the singular values of ``T``) and
     the singular values come from `jnp.linalg.eigvalsh` of ``T'ᵀT'`` (the smaller Gram matrix):
     eigenvalues only, whose gradient stays finite when eigenvalues coincide (eigenvector and SVD
