@@ -255,6 +255,9 @@ def _parameter_cases() -> list:
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 5, 3))), jnp.zeros((4, 3))), "mixture_log_prob: components.log_variance: expected shape (M, B, D) with M=2, B=4, D=3, got (2, 5, 3)."),
         (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3)), jnp.ones((2, 4))), "mixture_log_prob: present: expected a bool array, got float32."),
         (lambda: DiagonalGaussian(jnp.zeros((2, 3)), jnp.zeros((2, 3))).sample(jax.random.key(0), 0), "DiagonalGaussian.sample: num_samples: expected a positive Python int (a static shape), got 0."),
+        (lambda: DiagonalGaussian(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((2, 3), jnp.int32)), "DiagonalGaussian.log_prob: z: expected a float array, got int32."),
+        (lambda: DiagonalLaplace(jnp.zeros((2, 3)), jnp.zeros((2, 3))).log_prob(jnp.zeros((2, 3), jnp.int32)), "DiagonalLaplace.log_prob: z: expected a float array, got int32."),
+        (lambda: losses.mixture_log_prob(DiagonalGaussian(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))), jnp.zeros((4, 3), jnp.int32)), "mixture_log_prob: z: expected a float array, got int32."),
     ],
 )
 def test_bad_inputs_raise_the_whole_message(call, message):
