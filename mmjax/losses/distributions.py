@@ -31,8 +31,8 @@ MMVAE_SCALE_FLOOR = 1e-6
 
 
 def _check_parameters(where: str, first, second, names: tuple[str, str]) -> None:
-  bound = checks.check_shape(f"{where}: {names[0]}", first, (*[None] * max(jnp.ndim(first) - 1, 0), "D"))
-  checks.check_shape(f"{where}: {names[1]}", second, jnp.shape(first), bound)
+  checks.check_shape(f"{where}: {names[0]}", first, (*[None] * max(jnp.ndim(first) - 1, 0), "D"))
+  checks.check_shape(f"{where}: {names[1]}", second, jnp.shape(first))
   checks.check_dtype(f"{where}: {names[0]}", first, "float")
   checks.check_dtype(f"{where}: {names[1]}", second, "float")
 

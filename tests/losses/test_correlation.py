@@ -170,7 +170,6 @@ def test_a_view_counts_as_constant_below_a_mean_variance_of_1e_20_over_n_minus_1
   np.testing.assert_allclose(correlations(0.9e-20), np.full(2, np.sqrt(losses.correlation.DEFAULT_CCA_EPSILON)), rtol=1e-5)
 
 
-
 @pytest.mark.parametrize("kept", [0, 1])
 def test_fewer_than_two_kept_rows_carry_no_correlation(kept):
   first, second = _correlated_views(np.random.default_rng(12), n=5, widths=(2, 3))
