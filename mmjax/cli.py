@@ -9,6 +9,10 @@ evaluation as JSON; ``eval`` evaluates a checkpoint of a finished or running wor
 Exit status: 0 done; 2 bad usage, config, workdir or checkpoints (nothing was trained); 1 stopped
 on non-finite values (last good state saved); 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after
 saving a checkpoint: run the same command again to continue.
+
+Compiled programs are kept on disk (``--compilation_cache_dir``, JAX's persistent compilation
+cache), so a resumed run, or another run of the same model and batch shapes, loads its train step
+instead of compiling it again.
 """
 
 import json
@@ -24,6 +28,11 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _STEP = flags.DEFINE_integer("step", None, "eval: the checkpoint step to evaluate (default: latest).")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.path.join("~", ".cache", "mmjax", "jax-compilation"),
+    "Where compiled programs are kept between runs, so that a resumed or repeated run skips "
+    "compilation ('' turns it off). Unless this flag is given, $JAX_COMPILATION_CACHE_DIR wins.",
+)
 
 
 def _usage() -> str:
@@ -31,6 +40,7 @@ def _usage() -> str:
 
 
 def _run(command: str) -> None:
+  _use_compilation_cache()  # before anything, mmjax's imports included, compiles
   # Imported after flag parsing, so `--help` and flag errors come back at once.
   from mmjax import experiment, schema
   from mmjax.train import checkpoints, faults
@@ -53,6 +63,15 @@ def _run(command: str) -> None:
   except faults.Interrupted as error:
     _fail(command, error, EXIT_INTERRUPTED)
   print(json.dumps(metrics, indent=2))
+
+
+def _use_compilation_cache() -> None:
+  """Points JAX's persistent compilation cache at the flag's directory, before anything compiles."""
+  import jax
+
+  given = flags.FLAGS["compilation_cache_dir"].present
+  if given or not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE_DIR.value) or None)
 
 
 def _fail(command: str, error: Exception, status: int) -> None:

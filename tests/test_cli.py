@@ -16,27 +16,46 @@ SMALL = [
 ]
 
 
-def _mmjax(*args, data_dir, cwd=ROOT):
-  env = {**os.environ, "MMJAX_DATA_DIR": data_dir}
+def _mmjax(*args, data_dir, cwd=ROOT, env=None):
+  env = {**os.environ, "MMJAX_DATA_DIR": data_dir, **(env or {})}
   return subprocess.run(
       [sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
   )
 
 
+def _compiled_steps(cache: str) -> set[str]:
+  return {name for name in os.listdir(cache) if name.startswith("jit_train_step-")} if os.path.isdir(cache) else set()
+
+
 @pytest.mark.slow
-def test_train_then_eval(data_dir, tmp_path):
+def test_train_then_eval_then_resume_without_compiling_again(data_dir, tmp_path):
+  # No $JAX_COMPILATION_CACHE_DIR (the suite's own cache), so the CLI's default cache in $HOME is used.
+  env = {"HOME": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": ""}
+  cache = str(tmp_path / ".cache" / "mmjax" / "jax-compilation")
   workdir = str(tmp_path / "run")
-  done = _mmjax("train", "--config", "configs/clip_digits.py", "--workdir", workdir, "--config.train.num_steps=8", *SMALL, data_dir=data_dir)
+  # A constant learning rate, so that the longer resumed run is the same program (a schedule's
+  # length is compiled into the step).
+  train = ("train", "--config", "configs/clip_digits.py", "--workdir", workdir, *SMALL, "--config.optimizer.schedule=constant")
+  done = _mmjax(*train, "--config.train.num_steps=8", data_dir=data_dir, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   printed = json.loads(done.stdout)
   assert printed["step"] == 8 and "zeroshot_top1" in printed
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f) == printed
   assert "step/s" in done.stderr  # the progress bar
+  compiled = _compiled_steps(cache)
+  assert len(compiled) == 1, os.listdir(cache) if os.path.isdir(cache) else "no cache directory"
 
-  evaluated = _mmjax("eval", "--workdir", workdir, "--step", "4", data_dir=data_dir)
+  entries = set(os.listdir(cache))
+  evaluated = _mmjax("eval", "--workdir", workdir, "--step", "4", "--compilation_cache_dir=", data_dir=data_dir, env=env)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert json.loads(evaluated.stdout)["step"] == 4
+  assert set(os.listdir(cache)) == entries  # the cache was off
+
+  resumed = _mmjax(*train, "--config.train.num_steps=12", data_dir=data_dir, env=env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert json.loads(resumed.stdout)["step"] == 12
+  assert _compiled_steps(cache) == compiled  # the resumed run loaded its step: it wrote none
 
 
 @pytest.mark.parametrize(
