@@ -43,10 +43,8 @@ def elbo(log_likelihood: jax.Array, kl: jax.Array, *, beta: float | jax.Array = 
   """
   checks.check_dtype("elbo: log_likelihood", log_likelihood, "float")
   checks.check_dtype("elbo: kl", kl, "float")
-  if jnp.ndim(log_likelihood) == 2:
-    bound = checks.check_shape("elbo: log_likelihood", log_likelihood, ("K", "B"))
-  else:
-    bound = checks.check_shape("elbo: log_likelihood", log_likelihood, ("B",))
+  samples_axis = (None,) if jnp.ndim(log_likelihood) == 2 else ()
+  bound = checks.check_shape("elbo: log_likelihood", log_likelihood, (*samples_axis, "B"))
   if jnp.ndim(kl) == 2:
     checks.check_shape("elbo: kl (per sample)", kl, log_likelihood.shape)
   else:
@@ -66,7 +64,8 @@ def kl_warmup(step: int | jax.Array, warmup_steps: int | jax.Array, *, beta: flo
 
   Args:
     step: the (0-based) update being computed; may be traced (the train state's step).
-    warmup_steps: steps to reach β; 0 gives β from the start.
+    warmup_steps: steps to reach β; 0 gives β from the start. Steps before the first (negative)
+      give 0.
     beta: the final KL weight.
 
   Returns:

@@ -359,7 +359,8 @@ def _row_squared_norms(grads) -> jax.Array:
 
 
 def _input_gradients(fn: str, discriminator: Discriminator, inputs, mask, size: int):
-  """Each row's gradient of its own score (rows are independent: the gradient of the masked sum)."""
+  """The gradient of the kept rows' summed scores: each row's gradient of its own score when rows
+  are independent; with a batch-coupled critic, masked rows' scores add nothing to it."""
 
   def total(x):
     scores = discriminator(x)
@@ -387,7 +388,9 @@ def gradient_penalty(
   that gradient is exactly zero the penalty is ``λ`` and its gradient is zero, not NaN.
 
   Args:
-    critic: maps a batch shaped like `real` to ``[B]`` scores; rows must not interact.
+    critic: maps a batch shaped like `real` to ``[B]`` scores. Rows may interact (a
+      minibatch-stddev layer): the gradient is that of the kept rows' summed scores, as in
+      WGAN-GP's and StyleGAN2's code.
     key: a `jax.random` key for the interpolation coefficients.
     real: a real batch ``[B, ...]`` (float), or a pytree of such batches.
     fake: a generated batch of the same structure and shapes as `real`.
@@ -433,7 +436,9 @@ def r1_penalty(
   """The R1 penalty ``γ/2 · E[‖∇ₓ D(x)‖²]`` on real data.
 
   Args:
-    discriminator: maps a batch shaped like `real` to ``[B]`` logits; rows must not interact.
+    discriminator: maps a batch shaped like `real` to ``[B]`` logits. Rows may interact (a
+      minibatch-stddev layer): the gradient is that of the kept rows' summed logits, as in
+      StyleGAN2's code.
     real: a real batch ``[B, ...]`` (float), or a pytree of such batches (the gradient's squared
       norm is summed over all leaves of a row).
     gamma: ``γ`` (StyleGAN2: 10 at 1024², less for smaller images).

@@ -432,6 +432,7 @@ def test_kl_warmup_is_linear_jit_able_and_matches_mvae():
       step = (epoch - 1) * batches + batch_idx
       np.testing.assert_allclose(losses.kl_warmup(jnp.int32(step), annealing_epochs * batches), mvae, rtol=1e-6)
   assert float(losses.kl_warmup(0, 0, beta=0.5)) == 0.5
+  assert float(losses.kl_warmup(-5, 8, beta=2.0)) == 0.0  # before the first step: no KL, never a negative weight
 
 
 def test_elbo_is_float32_even_from_64_bit_inputs():
@@ -440,6 +441,21 @@ def test_elbo_is_float32_even_from_64_bit_inputs():
     bounds = losses.elbo(jnp.asarray(log_likelihood), jnp.asarray(kl), beta=jnp.float64(0.5))
     assert bounds.dtype == jnp.float32
   np.testing.assert_allclose(bounds, np.mean(log_likelihood - 0.5 * kl, axis=0), rtol=1e-6)
+
+
+def test_dreg_gives_an_absent_modality_s_samples_no_gradient_even_through_a_batch_coupled_model():
+  """Log-weights that mix every sample (a decoder with batch statistics): an absent modality's
+  samples still influence the present ones' log-weights, but their bounds count for nothing, so
+  DReG's reweighting leaves their z with exactly zero gradient, as for independent samples."""
+  z = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 2, 1)), jnp.float32)  # M, K, B, D
+  present = jnp.array([[True, True], [True, False]])
+
+  def log_weights(z):
+    return -0.5 * jnp.square(z[..., 0]) + 0.3 * jnp.mean(z[..., 0])
+
+  grad = np.asarray(jax.grad(lambda z: jnp.sum(losses.dreg_mmvae_looser_surrogate(log_weights, z, present)))(z))
+  assert np.all(grad[1, :, 1] == 0)
+  assert np.all(grad[0] != 0) and np.all(grad[1, :, 0] != 0)
 
 
 def test_bounds_and_dreg_surrogates_are_float32_from_64_bit_log_weights_and_keep_z_s_dtype():

@@ -317,6 +317,23 @@ def test_masked_rows_whose_gradients_overflow_reach_neither_penalty_nor_its_grad
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, err_msg=name)
 
 
+def test_a_batch_coupled_critic_s_masked_rows_add_nothing_to_the_kept_rows_gradients():
+  """Score_k = x_k·w + Σ_i x_i·v (every row sees the whole batch, like a minibatch-stddev layer):
+  the gradient of the kept rows' summed scores is w + n_kept·v at every kept row, whatever the
+  masked rows hold."""
+  w, v = jnp.float32([0.5, -1.0, 0.25]), jnp.float32([0.1, 0.2, -0.3])
+  critic = lambda x: x @ w + jnp.sum(x @ v)  # noqa: E731
+  keep = np.array([1, 1, 0, 1, 0], bool)
+  real, fake = (jnp.float32(np.where(keep[:, None], _rows(seed, 5), 7.0)) for seed in (21, 22))
+  mask = jnp.asarray(keep)
+  squared_norm = float(jnp.sum(jnp.square(w + keep.sum() * v)))
+  np.testing.assert_allclose(losses.r1_penalty(critic, real, gamma=4.0, mask=mask), 2.0 * squared_norm, rtol=1e-6)
+  np.testing.assert_allclose(losses.lazy_r1_penalty(critic, real, 0, gamma=4.0, every=3, mask=mask), 6.0 * squared_norm, rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.gradient_penalty(critic, jax.random.key(5), real, fake, mask=mask), 10.0 * (np.sqrt(squared_norm) - 1) ** 2, rtol=1e-5
+  )
+
+
 def test_gradient_penalty_draws_and_mixes_in_float32_and_hands_the_critic_the_inputs_dtype():
   """The interpolation coefficients are float32 draws whether or not jax_enable_x64 is on (the same
   penalty either way), and the critic sees interpolates in the dtype of the real batch."""

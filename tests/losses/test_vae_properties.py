@@ -263,7 +263,7 @@ def test_dreg_is_finite_with_extreme_posteriors(batch, dim, data):
 
 
 @SETTINGS
-@given(step=st.integers(0, 10**6), warmup=st.integers(0, 10**5), beta=st.floats(0, 10))
+@given(step=st.integers(-10**6, 10**6), warmup=st.integers(0, 10**5), beta=st.floats(0, 10))
 def test_kl_warmup_stays_in_range_and_never_decreases(step, warmup, beta):
   warmup_weight = jax.jit(jax.vmap(lambda s, w, b: losses.kl_warmup(s, w, beta=b), in_axes=(0, None, None)))
   weights = np.asarray(warmup_weight(jnp.array([step, step + 1]), warmup, beta))
