@@ -11,11 +11,13 @@ a CPU special case. Parameters, their names and initialisation are Flax's own: a
 `flax.linen.Dense` loads into `Dense` unchanged.
 """
 
+import dataclasses
 import functools
 import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -62,8 +64,107 @@ def matmul_dot_general(
   return product.reshape(*free_lhs, *free_rhs)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _broadcast_summed_by_matvec(parameter: jax.Array, rows: tuple[int, ...]) -> jax.Array:
+  return jnp.broadcast_to(parameter, (*rows, *parameter.shape))
+
+
+@_broadcast_summed_by_matvec.defjvp
+def _broadcast_summed_by_matvec_jvp(rows, primals, tangents):
+  (parameter,), (tangent,) = primals, tangents
+  # The tangent as a rank-1 product makes its transpose, the parameter's gradient, a product of a
+  # vector of ones with the [rows, parameter] cotangent instead of a reduction.
+  ones = jnp.ones((math.prod(rows), 1), tangent.dtype)
+  spread = lax.dot_general(
+      ones, tangent.reshape(1, -1), (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST,
+      preferred_element_type=jnp.float32,
+  )
+  return _broadcast_summed_by_matvec(parameter, rows), spread.astype(tangent.dtype).reshape(*rows, *parameter.shape)
+
+
+def broadcast_parameter(parameter: jax.Array, rows: tuple[int, ...]) -> jax.Array:
+  """`parameter` broadcast to ``(*rows, *parameter.shape)``, e.g. a bias to every token of a batch.
+
+  The value is `jnp.broadcast_to`'s. What differs is the gradient, the sum of the cotangent over
+  `rows`: on CPU it is computed as a product with a vector of ones. XLA's CPU backend rewrites a
+  reduction over many leading rows into a windowed reduction that ran 2–4× slower than that
+  matrix-vector product (``[4096, 512] → [512]``: 3.6 against 0.9 ms; docs/performance.md), and
+  such sums are the gradient of every bias, LayerNorm scale and shift. On GPU and TPU it is the
+  plain broadcast, whose gradient is XLA's reduction.
+
+  Args:
+    parameter: the array to repeat, e.g. ``[F]``.
+    rows: the leading axes to repeat it over, e.g. ``(B, L)``.
+
+  Returns:
+    ``[*rows, *parameter.shape]``.
+
+  >>> bias = jnp.array([1.0, 2.0])
+  >>> broadcast_parameter(bias, (3,)).tolist()
+  [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]
+  >>> jax.grad(lambda b: jnp.sum(broadcast_parameter(b, (3, 4))))(bias).tolist()
+  [12.0, 12.0]
+  """
+  rows = tuple(rows)
+  if not rows:
+    return parameter
+  if jax.default_backend() != "cpu":
+    return jnp.broadcast_to(parameter, (*rows, *parameter.shape))
+  return _broadcast_summed_by_matvec(parameter, rows)
+
+
+class Dense(nn.Dense):
+  """`flax.linen.Dense` (same parameters, names and initialisation) whose contraction is
+  `matmul_dot_general` and whose bias is added with `broadcast_parameter`."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = matmul_dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+    if bias is not None:
+      y = y + broadcast_parameter(bias, y.shape[:-1])
+    return y
+
+
+def _add_bias_by_broadcast_parameter(layer: nn.Module, flax_layer: type[nn.Module], inputs: jax.Array) -> jax.Array:
+  """``flax_layer``'s computation without its bias, in `layer`'s scope, then the bias as Flax adds it
+  (a ``[features]`` parameter named ``"bias"``), broadcast with `broadcast_parameter`."""
+  fields = {field.name: getattr(layer, field.name) for field in dataclasses.fields(flax_layer) if field.init}
+  del fields["parent"], fields["name"]
+  unbiased = flax_layer(**{**fields, "use_bias": False})
+  # The kernel lives in this layer's own scope, where Flax's layer keeps it, next to the bias.
+  nn.share_scope(layer, unbiased)
+  y = unbiased(inputs)
+  bias = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
+  bias = layer.promote_dtype(bias, dtype=layer.dtype)[0]
+  return y + broadcast_parameter(bias, y.shape[:-1])
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` (same parameters, names and initialisation) whose bias is added with
+  `broadcast_parameter`."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not self.use_bias:
+      return super().__call__(inputs)
+    return _add_bias_by_broadcast_parameter(self, nn.Conv, inputs)
+
+
+class ConvTranspose(nn.ConvTranspose):
+  """`flax.linen.ConvTranspose` (same parameters, names and initialisation) whose bias is added
+  with `broadcast_parameter`."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not self.use_bias:
+      return super().__call__(inputs)
+    return _add_bias_by_broadcast_parameter(self, nn.ConvTranspose, inputs)
+
+
 # Flax's layers with the contraction above; drop-in replacements (same parameters, names and init).
-Dense = functools.partial(nn.Dense, dot_general=matmul_dot_general)
 DenseGeneral = functools.partial(nn.DenseGeneral, dot_general=matmul_dot_general)
 MultiHeadDotProductAttention = functools.partial(
     nn.MultiHeadDotProductAttention, qkv_dot_general=matmul_dot_general, out_dot_general=matmul_dot_general
