@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import linear
 from mmjax.decoders import base
 from mmjax.decoders.layers import ConvTransposeTrunk
 
@@ -68,5 +69,5 @@ class ConvTransposeAudioDecoder(nn.Module):
         size=(self.num_samples,), channels=tuple(self.channels), stride=self.stride, kernel_size=self.kernel_size,
         norm=self.norm, activation=self.activation, where=where, remat=self.remat, dtype=self.dtype, name="trunk",
     )(latent)
-    x = nn.Conv(1, (self.output_kernel_size,), dtype=self.dtype, name="output")(x)
+    x = linear.Conv(1, (self.output_kernel_size,), dtype=self.dtype, name="output")(x)
     return OUTPUTS[self.output](x[..., 0])

@@ -98,8 +98,8 @@ class ConvTransposeImageDecoder(nn.Module):
         remat=self.remat, dtype=self.dtype, name="trunk",
     )(latent)
     if self.output_stride == 1:
-      return nn.Conv(channels, kernel, dtype=self.dtype, name="output")(x)
-    x = nn.ConvTranspose(
+      return linear.Conv(channels, kernel, dtype=self.dtype, name="output")(x)
+    x = linear.ConvTranspose(
         channels, kernel, strides=(self.output_stride,) * 2, padding="SAME", dtype=self.dtype, name="output"
     )(x)
     return center_crop(x, (height, width))

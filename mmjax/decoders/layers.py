@@ -82,7 +82,7 @@ class UpsampleStage(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     spatial = x.ndim - 2
     # "SAME" makes every spatial size exactly stride × the input's.
-    x = nn.ConvTranspose(
+    x = linear.ConvTranspose(
         self.channels, (self.kernel_size,) * spatial, strides=(self.stride,) * spatial, padding="SAME",
         dtype=self.dtype, name="conv_transpose",
     )(x)

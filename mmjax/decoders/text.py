@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import linear
+from mmjax import normalization
 from mmjax.decoders import base
 from mmjax.decoders.base import LatentProjection
 from mmjax.encoders.transformer import TransformerBlock
@@ -67,5 +68,5 @@ class TransformerTextDecoder(nn.Module):
     block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
     for index in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"block{index}")(x, None, train)
-    x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+    x = normalization.LayerNorm(dtype=self.dtype, name="final_norm")(x)
     return linear.Dense(self.vocab_size, dtype=self.dtype, name="output")(x)

@@ -34,7 +34,7 @@ class ConvStage(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = (self.kernel_size,) * self.spatial_dims
-    x = nn.Conv(self.channels, kernel, strides=self.stride, dtype=self.dtype, name="conv")(x)
+    x = linear.Conv(self.channels, kernel, strides=self.stride, dtype=self.dtype, name="conv")(x)
     return ACTIVATIONS[self.activation](layers.make_norm(self.norm, self.dtype, name="norm")(x))
 
 

@@ -7,10 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax import normalization
+
 # Normalisations an encoder config may name. Batch norm is left out on purpose: across a
 # contrastive batch it leaks information between the samples being contrasted.
 NORMS: dict[str, Callable[..., nn.Module] | None] = {
-    "layer": nn.LayerNorm,
+    "layer": normalization.LayerNorm,
     "rms": nn.RMSNorm,
     "group": functools.partial(nn.GroupNorm, num_groups=None, group_size=8),
     "none": None,

@@ -45,7 +45,7 @@ def group_count(channels: int) -> int:
 def _conv(channels: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
   # Symmetric padding kernel // 2, as torchvision: 'SAME' would pad a stride-2 convolution on the
   # high side only, shifting every downsampled grid by half a pixel.
-  return nn.Conv(
+  return linear.Conv(
       channels, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False, dtype=dtype, name=name
   )
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import linear
+from mmjax import normalization
 from mmjax.encoders import base, layers
 from mmjax.encoders.transformer import TransformerBlock
 
@@ -122,7 +123,7 @@ class TransformerTextEncoder(nn.Module):
       x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"block{index}")(
           x, attention_mask, train
       )
-    x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+    x = normalization.LayerNorm(dtype=self.dtype, name="final_norm")(x)
     projection = linear.Dense(self.features, dtype=self.dtype, name="projection")
     return _outputs(projection, pool(x, valid), x, valid, return_tokens)
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import linear
+from mmjax import normalization
 from mmjax.encoders import base
 from mmjax.encoders.transformer import TransformerBlock
 
@@ -91,7 +92,7 @@ class MAPHead(nn.Module):
     x = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name="attention"
     )(probe, tokens)
-    y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
+    y = normalization.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
     y = linear.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(y)
     y = linear.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
     return (x + y)[:, 0]
@@ -181,7 +182,7 @@ class ViT(nn.Module):
       self, images: jax.Array, *, train: bool = False, return_tokens: bool = False
   ) -> jax.Array | base.Encoded:
     self._check_configuration(images)
-    x = nn.Conv(
+    x = linear.Conv(
         self.width,
         (self.patch_size, self.patch_size),
         strides=self.patch_size,
@@ -200,7 +201,7 @@ class ViT(nn.Module):
     block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
     for index in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"block{index}")(x, None, train)
-    x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+    x = normalization.LayerNorm(dtype=self.dtype, name="final_norm")(x)
     patches = x[:, 1:] if class_token else x
     if self.pooling == "token":
       pooled = x[:, 0]

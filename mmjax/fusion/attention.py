@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import linear
+from mmjax import normalization
 from mmjax.encoders import layers
 from mmjax.encoders.transformer import TransformerBlock
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
@@ -58,9 +59,9 @@ class CrossAttention(nn.Module):
     With `sow_weights`, the attention weights ``[B, heads, T, S]`` are sown into the
     ``intermediates`` collection (``["attention"]["attention_weights"]``).
     """
-    queries = nn.LayerNorm(dtype=self.dtype, name="target_norm")(target)
+    queries = normalization.LayerNorm(dtype=self.dtype, name="target_norm")(target)
     # Zeroed, because a masked weight of 0 times a non-finite value would still be NaN.
-    keys = nn.LayerNorm(dtype=self.dtype, name="source_norm")(jnp.where(source_valid[..., None], source, 0))
+    keys = normalization.LayerNorm(dtype=self.dtype, name="source_norm")(jnp.where(source_valid[..., None], source, 0))
     update = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attention"
     )(queries, keys, mask=source_valid[:, None, None, :], deterministic=not train, sow_weights=sow_weights)
@@ -111,7 +112,7 @@ class _CrossStreamFusion(Fusion):
         updated.append(block(x, nn.make_attention_mask(modality.valid, modality.valid), train))
       streams = updated
     pooled = jnp.stack([
-        layers.masked_mean(nn.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x), m.valid)
+        layers.masked_mean(normalization.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x), m.valid)
         for m, x in zip(modalities, streams)
     ])
     fused = mean_over_present(pooled, jnp.stack([m.present for m in modalities]))

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import linear
+from mmjax import normalization
 from mmjax.encoders.transformer import TransformerBlock
 from mmjax.fusion.base import Fusion, FusionInputs, Presence, check_heads, mean_over_present
 
@@ -81,7 +82,7 @@ class MultimodalTransformer(Fusion):
       x = TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, self.dtype, name=f"block{layer}")(
           x, mask, train
       )
-    cls = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x[:, 0])
+    cls = normalization.LayerNorm(dtype=self.dtype, name="final_norm")(x[:, 0])
     return linear.Dense(self.features, dtype=self.dtype, name="projection")(cls)
 
 
@@ -167,6 +168,6 @@ class BottleneckFusion(Fusion):
       updates = jnp.stack([y[:, -self.num_bottlenecks:] for y in joint])
       bottleneck = jnp.where(jnp.any(here, axis=0)[:, None, None], mean_over_present(updates, here), bottleneck)
     cls = jnp.stack(
-        [nn.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x[:, 0]) for m, x in zip(modalities, streams)]
+        [normalization.LayerNorm(dtype=self.dtype, name=f"{m.name}_norm")(x[:, 0]) for m, x in zip(modalities, streams)]
     )
     return linear.Dense(self.features, dtype=self.dtype, name="projection")(mean_over_present(cls, here))
