@@ -189,10 +189,12 @@ class ContrastiveModel:
     for batch in batches:
       fetched = distributed.to_host({
           "embeddings": self._embed(variables, batch), "inputs": batch[second],
-          "keep": batch["present"][first] & batch["present"][second],
+          "present": {m: batch["present"][m] for m in self.modalities},
           **({"label": batch["label"]} if "label" in batch else {}),
       })
-      keep = fetched.pop("keep")
+      # On the host: an eager `&` of device arrays would compile a program of its own.
+      present = fetched.pop("present")
+      keep = present[first] & present[second]
       parts.append(jax.tree.map(lambda value: value[keep], fetched))
     return jax.tree.map(lambda *values: np.concatenate(values), *parts)
 
