@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 
 from mmjax import checks
+from mmjax import linear
 
 
 def describe(decoder: nn.Module) -> str:
@@ -23,8 +24,9 @@ def describe(decoder: nn.Module) -> str:
   return f"{type(decoder).__name__}: modality {decoder.modality!r}"
 
 
-class LatentProjection(nn.Dense):
-  """A `flax.linen.Dense` on the latent that first checks it, naming `where` (see `describe`).
+class LatentProjection(linear.Dense):
+  """A `mmjax.linear.Dense` (Flax's parameters; see there for its bias gradient) on the latent
+  that first checks it, naming `where` (see `describe`).
 
   The latent must be ``float[B, Z]``; after initialisation ``Z`` must be the width the kernel was
   built for, which makes a wrong latent a `ValueError` naming the modality rather than a parameter
