@@ -88,8 +88,8 @@ def broadcast_parameter(parameter: jax.Array, rows: tuple[int, ...]) -> jax.Arra
   The value is `jnp.broadcast_to`'s. What differs is the gradient, the sum of the cotangent over
   `rows`: on CPU it is computed as a product with a vector of ones. XLA's CPU backend compiles a
   sum over several leading axes (batch and tokens, batch and pixels) into windowed reductions
-  that ran 3–35× slower than that matrix-vector product (``[256, 16, 512] → [512]``: 7.6 against
-  0.2 ms; ``[256, 16, 16, 32] → [32]``: 2.6 against 0.8 ms; docs/performance.md), and such sums
+  that ran 3–15× slower than that matrix-vector product (``[256, 16, 512] → [512]``: 2.6 against
+  0.17 ms; ``[256, 16, 16, 32] → [32]``: 1.0 against 0.3 ms; docs/performance.md), and such sums
   are the gradient of every bias, LayerNorm scale and shift. On GPU and TPU it is the plain
   broadcast, whose gradient is XLA's reduction.
 
