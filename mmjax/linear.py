@@ -14,6 +14,7 @@ a CPU special case. Parameters, their names and initialisation are Flax's own: a
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -114,33 +115,32 @@ def broadcast_parameter(parameter: jax.Array, rows: tuple[int, ...]) -> jax.Arra
   return _broadcast_summed_by_matvec(parameter, rows)
 
 
-class Dense(nn.Dense):
-  """`flax.linen.Dense` (same parameters, names and initialisation) whose contraction is
-  `matmul_dot_general` and whose bias is added with `broadcast_parameter`."""
-
-  @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = matmul_dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-    if bias is not None:
-      y = y + broadcast_parameter(bias, y.shape[:-1])
-    return y
-
-
 def _add_bias_by_broadcast_parameter(layer: nn.Module, flax_layer: type[nn.Module], inputs: jax.Array) -> jax.Array:
-  """``flax_layer``'s computation without its bias, in `layer`'s scope, then the bias as Flax adds it
-  (a ``[features]`` parameter named ``"bias"``), broadcast with `broadcast_parameter`."""
+  """``flax_layer``'s computation without its bias, in `layer`'s scope, then, with ``use_bias``, the
+  bias as Flax adds it (a ``[features]`` parameter named ``"bias"``), broadcast with
+  `broadcast_parameter`."""
   fields = {field.name: getattr(layer, field.name) for field in dataclasses.fields(flax_layer) if field.init}
   del fields["parent"], fields["name"]
   unbiased = flax_layer(**{**fields, "use_bias": False})
   # The kernel lives in this layer's own scope, where Flax's layer keeps it, next to the bias.
   nn.share_scope(layer, unbiased)
   y = unbiased(inputs)
+  if not layer.use_bias:
+    return y
   bias = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
   bias = layer.promote_dtype(bias, dtype=layer.dtype)[0]
   return y + broadcast_parameter(bias, y.shape[:-1])
+
+
+class Dense(nn.Dense):
+  """`flax.linen.Dense` (same parameters, names and initialisation) whose contraction is, by
+  default, `matmul_dot_general` and whose bias is added with `broadcast_parameter`."""
+
+  dot_general: Callable[..., jax.Array] | None = matmul_dot_general
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    return _add_bias_by_broadcast_parameter(self, nn.Dense, inputs)
 
 
 class Conv(nn.Conv):
@@ -149,8 +149,6 @@ class Conv(nn.Conv):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    if not self.use_bias:
-      return super().__call__(inputs)
     return _add_bias_by_broadcast_parameter(self, nn.Conv, inputs)
 
 
@@ -160,8 +158,6 @@ class ConvTranspose(nn.ConvTranspose):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    if not self.use_bias:
-      return super().__call__(inputs)
     return _add_bias_by_broadcast_parameter(self, nn.ConvTranspose, inputs)
 
 
