@@ -1,5 +1,6 @@
 """mmjax against the PyTorch models users would otherwise pick: same architecture, batch and
-optimizer, timed in one process, the two sides taking turns step by step (issue 12).
+optimizer, timed in one process, the two sides taking turns of a few consecutive steps, the first
+step of each turn untimed (`harness.time_in_turns`; issue 12).
 
 For each case (`benchmarks.peer_cases`) it reports per side the median, min and max step time,
 the speed-up (peer time / mmjax time), the parameter count (asserted equal on both sides), the
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
   parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side after compilation")
+  parser.add_argument("--turn-steps", type=int, default=4, help="timed steps per side per turn")
+  parser.add_argument("--settle-steps", type=int, default=1,
+                      help="untimed steps starting each turn (0 with --turn-steps 1: the old step-by-step turns)")
   parser.add_argument("--quick", action="store_true", help="mmjax side only, tiny sizes, 2 steps; writes nothing unless --output")
   parser.add_argument("--output", default=None, help=f"JSON path (default without --quick: {RESULTS})")
   return parser.parse_args(argv)
@@ -94,13 +98,15 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
   report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "steps": steps, "warmup": warmup, "quick": args.quick}
+            "machine": machine(), "steps": steps, "warmup": warmup, "turn_steps": args.turn_steps,
+            "settle_steps": args.settle_steps, "quick": args.quick}
   start_cpu = os.times()
   report["matmul_gflops_per_s"] = harness.matmul_flops_per_second(256 if args.quick else 1024) / 1e9
   report["cases"] = {}
   for case in args.cases:
     mmjax_side, torch_side = case_sides(case, args.quick)
-    result = harness.run_case(mmjax_side, torch_side, steps, warmup, report["matmul_gflops_per_s"] * 1e9)
+    result = harness.run_case(mmjax_side, torch_side, steps, warmup, report["matmul_gflops_per_s"] * 1e9,
+                              args.turn_steps, args.settle_steps)
     report["cases"][case] = result
     print(case, json.dumps(result), flush=True)
   end_cpu = os.times()

@@ -1,5 +1,6 @@
 """What every peer case shares: the mmjax side built on the trainer's step, timing of the two
-sides taking turns, the machine's float32 matmul rate, and achieved FLOP/s from XLA's cost analysis.
+sides taking turns (`time_in_turns`), the machine's float32 matmul rate, and achieved FLOP/s from
+XLA's cost analysis.
 
 A case gives an `MmjaxSide` (a `mmjax.models.base.Model`, its optimizer and a batch) and, unless
 ``--quick``, a `TorchSide` (a ``step()`` doing one full update: forward, backward, optimizer).
@@ -125,33 +126,62 @@ def _summary(times: list[float], cpu_times: list[float]) -> dict[str, float]:
           "median_cpu_ms": 1e3 * statistics.median(cpu_times)}
 
 
-def time_alternately(runs: Mapping[str, Callable[[], None]], steps: int, warmup: int) -> dict[str, dict[str, float]]:
-  """Each side runs `warmup` untimed steps, then `steps` timed steps, the sides taking turns step
-  by step so that a change of machine load touches them alike. Besides wall time, the process CPU
-  time of each step (all threads; a thread spinning while it waits for a core counts too)."""
+def time_in_turns(
+    runs: Mapping[str, Callable[[], None]], steps: int, warmup: int, turn_steps: int = 4, settle_steps: int = 1
+) -> dict[str, dict[str, float]]:
+  """Each side runs `warmup` untimed steps; then the sides take turns until each has `steps` timed
+  steps. A turn is `settle_steps` untimed steps followed by up to `turn_steps` timed ones, so a
+  change of machine load touches both sides alike while each side's timed steps run back to back,
+  as in a training loop.
+
+  The settling steps are not timed because a side's first step after the other side's is slowed
+  by it: PyTorch's OpenMP workers keep spinning on the cores after a parallel region. On the MVAE
+  case (2 cores, 2026-12-08) mmjax's first step of a turn took 28.4 ms against 22.7 ms for the
+  following ones, while the peer's took 36.3 and 36.4 ms. Their median is reported as
+  ``settle_median_ms``. ``turn_steps=1, settle_steps=0`` alternates step by step with every step
+  timed, the method of the runs before 2026-12-08.
+
+  Besides wall time, the process CPU time of each timed step (all threads; a thread spinning while
+  it waits for a core counts too)."""
+  if steps < 1 or warmup < 0 or turn_steps < 1 or settle_steps < 0:
+    raise ValueError(f"need steps >= 1, warmup >= 0, turn_steps >= 1, settle_steps >= 0; got {steps}, {warmup}, "
+                     f"{turn_steps}, {settle_steps}")
   for _ in range(warmup):
     for run in runs.values():
       run()
   times = {name: [] for name in runs}
   cpu_times = {name: [] for name in runs}
-  for _ in range(steps):
+  settle_times = {name: [] for name in runs}
+  while len(next(iter(times.values()))) < steps:
     for name, run in runs.items():
-      start, start_cpu = time.perf_counter(), time.process_time()
-      run()
-      times[name].append(time.perf_counter() - start)
-      cpu_times[name].append(time.process_time() - start_cpu)
-  return {name: _summary(times[name], cpu_times[name]) for name in runs}
+      for _ in range(settle_steps):
+        start = time.perf_counter()
+        run()
+        settle_times[name].append(time.perf_counter() - start)
+      for _ in range(min(turn_steps, steps - len(times[name]))):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run()
+        times[name].append(time.perf_counter() - start)
+        cpu_times[name].append(time.process_time() - start_cpu)
+  summaries = {name: _summary(times[name], cpu_times[name]) for name in runs}
+  for name, settled in settle_times.items():
+    if settled:
+      summaries[name]["settle_median_ms"] = 1e3 * statistics.median(settled)
+  return summaries
 
 
-def run_case(mmjax_side: MmjaxSide, torch_side: TorchSide | None, steps: int, warmup: int, matmul_rate: float) -> dict:
-  """Compiles, checks the parameter counts agree, times, and reports one case."""
+def run_case(
+    mmjax_side: MmjaxSide, torch_side: TorchSide | None, steps: int, warmup: int, matmul_rate: float,
+    turn_steps: int = 4, settle_steps: int = 1,
+) -> dict:
+  """Compiles, checks the parameter counts agree, times (`time_in_turns`), and reports one case."""
   compiled = compile_mmjax(mmjax_side)
   runs = {"mmjax": compiled.run}
   if torch_side is not None:
     if torch_side.parameters != compiled.parameters:
       raise AssertionError(f"parameter counts differ: mmjax {compiled.parameters}, peer {torch_side.parameters}")
     runs["peer"] = torch_side.step
-  timings = time_alternately(runs, steps, warmup)
+  timings = time_in_turns(runs, steps, warmup, turn_steps, settle_steps)
   result = {
       "parameters": compiled.parameters,
       "mmjax": {**timings["mmjax"], "compile_s": compiled.compile_seconds, "compile_cpu_s": compiled.compile_cpu_seconds},
