@@ -5,6 +5,7 @@ objective (a GAN has two) and the run's PRNG key, so a checkpoint holds everythi
 continue the same trajectory.
 """
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -188,6 +189,16 @@ def objective_value_and_grad(
   return (jnp.mean(losses), (jax.tree.map(jnp.mean, metrics), model_state)), mean(grads)
 
 
+def _apply_update(
+    objective: Objective, optimizer: optax.GradientTransformation, grads: Any, params: dict[str, Any],
+    opt_state: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`params` and `opt_state` after `objective`'s optimizer applied `grads` to the params it trains."""
+  trained = trained_subtree(objective, params)
+  updates, objective_state = optimizer.update(grads, opt_state[objective.name], trained)
+  return {**params, **optax.apply_updates(trained, updates)}, {**opt_state, objective.name: objective_state}
+
+
 def make_train_step(
     model: Model,
     optimizers: Mapping[str, optax.GradientTransformation],
@@ -217,18 +228,19 @@ def make_train_step(
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     params, model_state, opt_state = state.params, state.model_state, dict(state.opt_state)
     metrics = {}
+    pending_update = None
     for index, objective in enumerate(objectives):
       objective_key = jax.random.fold_in(step_key, index)
       parts = [batch] if objective.repeats == 1 else _unstack(constrain(split_micro_batches(batch, objective.repeats)))
       repeats_metrics = []
       for repeat, part in enumerate(parts):
+        if pending_update is not None:  # this loss sees the previous update
+          params, opt_state = pending_update(params, opt_state)
         (loss, (objective_metrics, model_state)), grads = objective_value_and_grad(
             objective, params, model_state, part, jax.random.fold_in(objective_key, repeat), state.step,
             accumulation_steps, constrain,
         )
-        trained = trained_subtree(objective, params)
-        updates, opt_state[objective.name] = optimizers[objective.name].update(grads, opt_state[objective.name], trained)
-        params = {**params, **optax.apply_updates(trained, updates)}
+        pending_update = functools.partial(_apply_update, objective, optimizers[objective.name], grads)
         repeats_metrics.append({"loss": loss, **objective_metrics, "grad_norm": optax.tree.norm(grads)})
       objective_metrics = jax.tree.map(lambda *values: sum(values) / len(values), *repeats_metrics)
       prefix = "" if len(objectives) == 1 else f"{objective.name}/"
@@ -236,17 +248,28 @@ def make_train_step(
     if len(objectives) > 1:
       metrics["loss"] = sum(metrics[f"{objective.name}/loss"] for objective in objectives)
     finite = jnp.all(jnp.array([jnp.isfinite(metrics[k]) for k in metrics if k.endswith(("loss", "grad_norm"))]))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    params = keep(params, state.params)
-    if ema_decay is not None:
-      moved = jax.tree.map(lambda ema, p: ema_decay * ema + (1 - ema_decay) * p, state.ema_params, params)
-      ema_params = keep(moved, state.ema_params)
+
+    def commit(_):
+      new_params, new_opt_state = pending_update(params, opt_state)
+      ema_params = state.ema_params
+      if ema_decay is not None:
+        ema_params = jax.tree.map(lambda ema, p: ema_decay * ema + (1 - ema_decay) * p, ema_params, new_params)
+      return new_params, model_state, new_opt_state, ema_params
+
+    def discard(_):
+      return state.params, state.model_state, dict(state.opt_state), state.ema_params
+
+    # A conditional, not a select of new and old values: the last update is only computed when it is
+    # kept, in place in the donated buffers, instead of re-reading and re-writing every parameter
+    # and optimizer leaf to choose between them (the MVAE peer case's step: 21.5 → 20.2 ms,
+    # docs/performance.md).
+    params, model_state, opt_state, ema_params = jax.lax.cond(finite, commit, discard, None)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
-        ema_params=ema_params if ema_decay is not None else state.ema_params,
-        model_state=keep(model_state, state.model_state),
-        opt_state=keep(opt_state, state.opt_state),
+        ema_params=ema_params,
+        model_state=model_state,
+        opt_state=opt_state,
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
     )

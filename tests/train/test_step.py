@@ -160,3 +160,24 @@ def test_a_repeated_objective_updates_once_per_part_of_the_batch():
   # c: 0 → 0 - 0.5·2·(0 - 2) = 2 (rows 0, 2 hold 2) → 2 - 0.5·2·(2 - 4) = 4 (rows 1, 3 hold 4); then g: 0 → 4.
   assert float(state.params["c"]) == 4.0 and float(state.params["g"]) == 4.0
   assert float(metrics["critic/loss"]) == pytest.approx((4.0 + 4.0) / 2)
+
+
+def test_the_update_is_applied_under_a_conditional_not_selected_leaf_by_leaf():
+  """The non-finite guard decides with `lax.cond`, so a kept update is computed once, in place, and
+  no parameter or optimizer leaf is selected between its old and new value (that re-read and
+  re-wrote the whole state every step); only the counters use `where`."""
+
+  class Quadratic:
+    objectives = (Objective("only", lambda p, s, b, r, t: (jnp.sum((p["w"] - b["target"]) ** 2), ({}, s))),)
+
+    def init(self, rng, batch):
+      return {"params": {"w": jnp.zeros((3,))}}
+
+  model, optimizers = Quadratic(), {"only": optax.adam(0.1)}
+  batch = {"target": jnp.ones((3,))}
+  state = step_lib.make_init(model, optimizers, batch)(jax.random.key(0))
+  jaxpr = jax.make_jaxpr(step_lib.make_train_step(model, optimizers))(state, batch).jaxpr
+  top_level = [equation.primitive.name for equation in jaxpr.eqns]
+  assert top_level.count("cond") == 1
+  selected_shapes = [equation.outvars[0].aval.shape for equation in jaxpr.eqns if equation.primitive.name == "select_n"]
+  assert all(shape == () for shape in selected_shapes), selected_shapes
