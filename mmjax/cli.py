@@ -12,7 +12,8 @@ saving a checkpoint: run the same command again to continue.
 
 Compiled programs are kept on disk (``--compilation_cache_dir``, JAX's persistent compilation
 cache), so a resumed run, or another run of the same model and batch shapes, loads its train step
-instead of compiling it again.
+instead of compiling it again. Programs on CPU run synchronously, and the trainer keeps freed host
+memory for reuse (`mmjax.cpu_runtime`): steps stop page-faulting their buffers in again.
 """
 
 import json
@@ -41,6 +42,9 @@ def _usage() -> str:
 
 def _run(command: str) -> None:
   _use_compilation_cache()  # before anything, mmjax's imports included, compiles
+  from mmjax import cpu_runtime
+
+  cpu_runtime.use_synchronous_dispatch()  # before JAX's CPU client exists (docs/performance.md)
   # Imported after flag parsing, so `--help` and flag errors come back at once.
   from mmjax import experiment, schema
   from mmjax.train import checkpoints, faults

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mmjax import compiler_options
+from mmjax import compiler_options, cpu_runtime
 from mmjax.models.base import Batch, Model
 from mmjax.parallel import mesh as mesh_lib, sharding
 from mmjax.schema import ConfigError, Field
@@ -230,6 +230,8 @@ def train(
   """
   workdir = prepare_workdir(workdir, config)
   trainer = Trainer(config, model, data, devices)
+  if jax.default_backend() == "cpu":
+    cpu_runtime.keep_freed_host_memory()  # steps reuse their buffers' memory instead of faulting it in
   is_writer = jax.process_index() == 0
   num_steps = config.train.num_steps
 
