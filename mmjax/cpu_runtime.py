@@ -26,6 +26,14 @@ Both together, each step alone in a fresh process: CLIP-mini 168.7 → 127.1 ms,
 The ``mmjax`` command applies both, and the trainer applies `keep_freed_host_memory` when it
 trains on CPU. A notebook or script gets the whole effect by calling `use_synchronous_dispatch`
 before its first JAX computation.
+
+Not everywhere, though:
+- In the peer benchmark's process, which also runs PyTorch and several cases, CLIP-mini and
+  MMVAE did not get faster. The attention- and tensor-fusion steps did, and the PyTorch peers
+  got slower.
+- The quickstart's ``mmjax train`` (`configs/clip_digits.py`) trained at the same speed.
+
+docs/performance.md has the figures.
 """
 
 import ctypes

@@ -12,8 +12,7 @@ from benchmarks import peers
 
 def test_quick_suite_reports_every_case(tmp_path):
   output = tmp_path / "peers.json"
-  # --plain-runtime: this test process's JAX runtime is shared with other tests; leave it alone.
-  report = peers.main(["--quick", "--plain-runtime", "--output", str(output)])
+  report = peers.main(["--quick", "--output", str(output)])
   assert json.loads(output.read_text()) == json.loads(json.dumps(report))
   assert set(report["cases"]) == set(peers.CASES)
   assert report["matmul_gflops_per_s"] > 0
