@@ -13,7 +13,7 @@ Usage::
   python -m benchmarks.peers                        # every case, both sides; writes the JSON
   python -m benchmarks.peers --cases clip_mini --steps 10
   python -m benchmarks.peers --quick                # mmjax side only, tiny sizes (the CI smoke test)
-  python -m benchmarks.peers --cpu-runtime          # with mmjax.cpu_runtime's settings (both sides)
+  python -m benchmarks.peers --plain-runtime        # without mmjax.cpu_runtime's settings
 """
 
 import argparse
@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--turn-steps", type=int, default=4, help="timed steps per side per turn")
   parser.add_argument("--settle-steps", type=int, default=1,
                       help="untimed steps starting each turn (0 with --turn-steps 1: the old step-by-step turns)")
-  parser.add_argument("--cpu-runtime", action="store_true",
-                      help="apply mmjax.cpu_runtime's settings as the mmjax command does; glibc's apply to the peer too")
+  parser.add_argument("--plain-runtime", action="store_true",
+                      help="leave out mmjax.cpu_runtime's settings, which the mmjax command applies (glibc's reach the peer too)")
   parser.add_argument("--quick", action="store_true", help="mmjax side only, tiny sizes, 2 steps; writes nothing unless --output")
   parser.add_argument("--output", default=None, help=f"JSON path (default without --quick: {RESULTS})")
   return parser.parse_args(argv)
@@ -101,13 +101,15 @@ def table(report: dict) -> str:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+  # As the mmjax command runs (mmjax.cpu_runtime); the allocator settings are process-wide, so the
+  # peer runs with them too. Before anything starts JAX's CPU client (`machine()` does), or the
+  # dispatch setting would not take.
+  if not args.plain_runtime:
+    cpu_runtime.use_synchronous_dispatch()
   report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "steps": steps, "warmup": warmup, "turn_steps": args.turn_steps,
             "settle_steps": args.settle_steps, "quick": args.quick}
-  # Off by default: the allocator settings are process-wide, so they would change the peer too
-  # (docs/performance.md measured it slower with them).
-  if args.cpu_runtime:
-    cpu_runtime.use_synchronous_dispatch()
+  if not args.plain_runtime:
     report["kept_freed_host_memory"] = jax.default_backend() == "cpu" and cpu_runtime.keep_freed_host_memory()
   report["synchronous_cpu_dispatch"] = not jax.config.read("jax_cpu_enable_async_dispatch")
   start_cpu = os.times()

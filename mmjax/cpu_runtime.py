@@ -27,12 +27,15 @@ The ``mmjax`` command applies both, and the trainer applies `keep_freed_host_mem
 trains on CPU. A notebook or script gets the whole effect by calling `use_synchronous_dispatch`
 before its first JAX computation.
 
-Not everywhere, though:
-- In the peer benchmark's process, which also runs PyTorch and several cases, CLIP-mini and
-  MMVAE did not get faster. The attention- and tensor-fusion steps did, and the PyTorch peers
-  got slower.
-- The quickstart's ``mmjax train`` (`configs/clip_digits.py`) trained at the same speed.
+In the peer benchmark, which runs PyTorch in the same process (so with the same allocator
+settings), three suite runs of 2026-12-08 gave, against one run without the settings:
+- CLIP-mini 0.99× the peer (0.74×);
+- MMVAE 1.05× (0.92×);
+- tensor fusion 1.16× (0.78×);
+- attention fusion 1.15× (0.77×);
+- MVAE 1.53× (1.53×).
 
+The quickstart's ``mmjax train`` (`configs/clip_digits.py`, small steps) trained at the same speed.
 docs/performance.md has the figures.
 """
 
