@@ -1,6 +1,7 @@
 """`mmjax.cpu_runtime`, each check in a fresh process: the settings are process-wide and the
 dispatch one must come before JAX's first computation."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -66,6 +67,6 @@ def test_synchronous_dispatch_runs_single_and_multi_device_programs():
       total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(jnp.sum(x), "data"), mesh=mesh, in_specs=P("data"), out_specs=P()))
       print(jax.config.read("jax_cpu_enable_async_dispatch"), float(total(x)), float(jnp.dot(x, x)))
       """,
-      env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
   )
   assert output.split() == ["False", "28.0", "140.0"]
